@@ -25,7 +25,7 @@ _IPV6 = r"\[[0-9A-Fa-f:.]{2,45}\]"
 _DNS = r"[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,253})?"
 SERVER_NAME_RE = re.compile(rf"(?P<host>{_IPV4}|{_IPV6}|{_DNS}){_PORT}")
 # Historical user IDs may contain any printable ASCII but ':' in the localpart.
-_LOCALPART_RE = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+LOCALPART_RE = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 
 
 def parse_server_name(value: str) -> ServerName | None:
@@ -53,7 +53,7 @@ def parse_user_id(value: str) -> tuple[UserId, ServerName] | None:
     if len(value) > MAX_USER_ID_LENGTH or not value.startswith("@"):
         return None
     localpart, sep, server = value[1:].partition(":")
-    if not sep or not _LOCALPART_RE.fullmatch(localpart):
+    if not sep or not LOCALPART_RE.fullmatch(localpart):
         return None
     server_name = parse_server_name(server)
     if server_name is None:

@@ -1,0 +1,1 @@
+"""The HTTP surfaces: one ASGI app (``app``) and thin handlers per surface."""

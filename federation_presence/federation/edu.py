@@ -1,0 +1,176 @@
+"""Parsing an inbound ``/send`` transaction body into presence pushes (pure).
+
+What this module owns: the wire rules of a transaction envelope and of the
+``m.presence`` EDU. It never raises anything but ``PeerError`` and never
+returns anything but validated values, whatever JSON it is given.
+
+Two levels of fault, on purpose:
+
+* An envelope fault (the body is not an object, ``origin`` is missing or is
+  not the authenticated origin, ``pdus``/``edus`` are not arrays, more than
+  50 PDUs or 100 EDUs) rejects the whole transaction with a 4xx: the sender
+  made a transaction the spec forbids.
+* A fault inside one EDU or one push (a malformed EDU, a push with an unknown
+  ``presence``, a negative ``last_active_ago``, a user of another server...)
+  drops only that item and counts it under a reason; the rest applies. This is
+  the difference from Synapse, which answers 500 to the whole transaction for
+  one bad push, so that its sender retries it forever.
+
+Unknown presence values are rejected (dropped), never mapped or stored.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from federation_presence.errors import PeerError
+from federation_presence.ids import (
+    LOCALPART_RE,
+    MAX_USER_ID_LENGTH,
+    ServerName,
+    UserId,
+    parse_user_id,
+)
+from federation_presence.presence.inputs import RemotePush
+from federation_presence.presence.states import parse_presence
+
+MAX_PDUS_PER_TXN = 50
+MAX_EDUS_PER_TXN = 100
+MAX_SAFE_INT = 2**53 - 1
+PRESENCE_EDU = "m.presence"
+
+# Drop reasons: label values of the ``dropped pushes`` metric.
+DROP_NOT_OBJECT = "push_not_object"
+DROP_BAD_USER_ID = "bad_user_id"
+DROP_FOREIGN_USER = "user_not_on_origin"
+DROP_BAD_PRESENCE = "bad_presence"
+DROP_BAD_LAST_ACTIVE_AGO = "bad_last_active_ago"
+DROP_BAD_CURRENTLY_ACTIVE = "bad_currently_active"
+DROP_BAD_STATUS_MSG = "bad_status_msg"
+DROP_BAD_EDU = "malformed_edu"
+DROP_BAD_PRESENCE_CONTENT = "malformed_presence_content"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTransaction:
+    """A transaction reduced to what this worker acts on.
+
+    ``dropped`` counts dropped pushes and EDUs by reason; ``other_edus`` counts
+    EDUs of types this worker acknowledges but does not process.
+    """
+
+    origin: ServerName
+    pdu_count: int
+    pushes: tuple[RemotePush, ...]
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    other_edus: Mapping[str, int] = field(default_factory=dict)
+
+
+def _bad(message: str) -> PeerError:
+    return PeerError(400, "M_BAD_JSON", message)
+
+
+def parse_transaction(
+    body: object, auth_origin: ServerName, *, max_status_msg_length: int
+) -> ParsedTransaction:
+    """Validate ``body`` (parsed JSON) sent by the authenticated ``auth_origin``."""
+    if not isinstance(body, dict):
+        raise _bad("transaction body must be a JSON object")
+    origin = body.get("origin")
+    if not isinstance(origin, str):
+        raise _bad("transaction 'origin' must be a string")
+    if origin != auth_origin:
+        raise PeerError(
+            403,
+            "M_FORBIDDEN",
+            f"transaction origin {origin!r} is not the authenticated origin {auth_origin!r}",
+        )
+    pdus = body.get("pdus", [])
+    if not isinstance(pdus, list):
+        raise _bad("transaction 'pdus' must be an array")
+    if len(pdus) > MAX_PDUS_PER_TXN:
+        raise _bad(f"too many PDUs: {len(pdus)} > {MAX_PDUS_PER_TXN}")
+    edus = body.get("edus", [])
+    if not isinstance(edus, list):
+        raise _bad("transaction 'edus' must be an array")
+    if len(edus) > MAX_EDUS_PER_TXN:
+        raise _bad(f"too many EDUs: {len(edus)} > {MAX_EDUS_PER_TXN}")
+
+    pushes: list[RemotePush] = []
+    dropped: Counter[str] = Counter()
+    other_edus: Counter[str] = Counter()
+    for edu in edus:
+        if not isinstance(edu, dict):
+            dropped[DROP_BAD_EDU] += 1
+            continue
+        edu_type = edu.get("edu_type")
+        content = edu.get("content")
+        if not isinstance(edu_type, str) or not isinstance(content, dict):
+            dropped[DROP_BAD_EDU] += 1
+            continue
+        if edu_type != PRESENCE_EDU:
+            other_edus[edu_type if len(edu_type) <= 64 else "(long)"] += 1
+            continue
+        push_list = content.get("push")
+        if not isinstance(push_list, list):
+            dropped[DROP_BAD_PRESENCE_CONTENT] += 1
+            continue
+        for raw in push_list:
+            push_or_reason = parse_push(raw, auth_origin, max_status_msg_length)
+            if isinstance(push_or_reason, str):
+                dropped[push_or_reason] += 1
+            else:
+                pushes.append(push_or_reason)
+    return ParsedTransaction(
+        origin=auth_origin,
+        pdu_count=len(pdus),
+        pushes=tuple(pushes),
+        dropped=dict(dropped),
+        other_edus=dict(other_edus),
+    )
+
+
+def parse_push(raw: object, origin: ServerName, max_status_msg_length: int) -> RemotePush | str:
+    """One ``push`` entry as a ``RemotePush``, or the reason it is dropped."""
+    if not isinstance(raw, dict):
+        return DROP_NOT_OBJECT
+    user_id = raw.get("user_id")
+    if type(user_id) is not str:
+        return DROP_BAD_USER_ID
+    # Fast path: "@localpart:origin" where the localpart has no ':' is exactly
+    # a valid user ID on ``origin`` (origin is a validated server name).
+    suffix_length = len(origin) + 1
+    if not (
+        suffix_length + 1 < len(user_id) <= MAX_USER_ID_LENGTH
+        and user_id[0] == "@"
+        and user_id[-suffix_length] == ":"
+        and user_id.endswith(origin)
+        and LOCALPART_RE.fullmatch(user_id, 1, len(user_id) - suffix_length)
+    ):
+        parsed = parse_user_id(user_id)
+        return DROP_BAD_USER_ID if parsed is None or parsed[1] == origin else DROP_FOREIGN_USER
+    state = parse_presence(raw.get("presence"))
+    if state is None:
+        return DROP_BAD_PRESENCE
+    last_active_ago = raw.get("last_active_ago")
+    # bool is an int subclass in Python; JSON true is not a number.
+    if type(last_active_ago) is not int or not 0 <= last_active_ago <= MAX_SAFE_INT:
+        return DROP_BAD_LAST_ACTIVE_AGO
+    currently_active = raw.get("currently_active", False)
+    if type(currently_active) is not bool:
+        return DROP_BAD_CURRENTLY_ACTIVE
+    status_msg = raw.get("status_msg")
+    if status_msg is not None and (
+        type(status_msg) is not str or len(status_msg) > max_status_msg_length
+    ):
+        return DROP_BAD_STATUS_MSG
+    return RemotePush(
+        origin=origin,
+        user_id=UserId(user_id),
+        state=state,
+        last_active_ago=last_active_ago,
+        currently_active=currently_active,
+        status_msg=status_msg,
+    )

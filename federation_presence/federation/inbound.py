@@ -1,0 +1,220 @@
+"""Inbound ``PUT /_matrix/federation/v1/send/{txnId}``: the shell.
+
+The order of checks is the cost order, cheapest first, and every refusal is a
+Matrix error with a 4xx status (never a 5xx for any input):
+
+1. ``Authorization`` parses as X-Matrix (401), ``destination`` is us (401);
+2. the origin is allowed by policy (403) — before any key fetch, so a denied
+   server costs us nothing;
+3. the body is a JSON object (400 ``M_NOT_JSON``/``M_BAD_JSON``), canonical
+   encodable (400);
+4. the signature verifies with the origin's key (401; the key may be fetched);
+5. the origin is within its rate limit (429 with ``retry_after_ms``);
+6. under the origin's lock (transactions of one origin apply in order, and a
+   retry waits for the attempt it repeats): a known ``(origin, txnId)`` gets the
+   answer it got the first time, changing nothing;
+7. the envelope is valid (400/403) and each push is validated on its own
+   (bad pushes dropped and counted);
+8. the pushes go through the core and the store; the transaction's answer is
+   recorded in the same database transaction, and only then is 200 sent.
+
+A refused transaction (4xx) is not recorded: the spec has the sender retry
+the same txnId, and a fixed request may then succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import anyio
+import orjson
+
+from federation_presence.clock import Clock
+from federation_presence.errors import PeerError
+from federation_presence.federation.edu import ParsedTransaction, parse_transaction
+from federation_presence.federation.keyring import Keyring
+from federation_presence.federation.origin_policy import OriginPolicy, OriginRateLimiter
+from federation_presence.federation.xmatrix import parse_authorization, signed_request_bytes
+from federation_presence.ids import ServerName
+from federation_presence.keeper import PresenceKeeper
+from federation_presence.metrics import Metrics
+from federation_presence.store.base import InboundTxn, Store
+
+logger = logging.getLogger(__name__)
+
+EMPTY_PDUS_RESPONSE = b'{"pdus":{}}'
+MAX_TXN_ID_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class InboundLimits:
+    max_status_msg_length: int = 1024
+    remembered_txns: int = 10_000
+
+
+class _OriginLocks:
+    """One lock per origin with requests in flight; unused locks are dropped."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+
+    def hold(self, origin: str) -> _Held:
+        return _Held(self, origin)
+
+    def acquire_ref(self, origin: str) -> anyio.Lock:
+        lock, users = self._locks.get(origin, (None, 0))
+        if lock is None:
+            lock = anyio.Lock()
+        self._locks[origin] = (lock, users + 1)
+        return lock
+
+    def release_ref(self, origin: str) -> None:
+        lock, users = self._locks[origin]
+        if users <= 1:
+            del self._locks[origin]
+        else:
+            self._locks[origin] = (lock, users - 1)
+
+
+class _Held:
+    def __init__(self, locks: _OriginLocks, origin: str) -> None:
+        self._locks = locks
+        self._origin = origin
+        self._lock: anyio.Lock | None = None
+
+    async def __aenter__(self) -> None:
+        self._lock = self._locks.acquire_ref(self._origin)
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._locks.release_ref(self._origin)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._lock is not None
+        self._lock.release()
+        self._locks.release_ref(self._origin)
+
+
+class InboundTransactions:
+    """Receives ``/send`` transactions for ``server_name``."""
+
+    def __init__(
+        self,
+        *,
+        server_name: ServerName,
+        keyring: Keyring,
+        keeper: PresenceKeeper,
+        store: Store,
+        clock: Clock,
+        policy: OriginPolicy,
+        rate_limiter: OriginRateLimiter,
+        metrics: Metrics,
+        limits: InboundLimits = InboundLimits(),
+    ) -> None:
+        self._server_name = server_name
+        self._keyring = keyring
+        self._keeper = keeper
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._rate_limiter = rate_limiter
+        self._metrics = metrics
+        self._limits = limits
+        self._locks = _OriginLocks()
+        self._answers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+
+    async def receive(
+        self,
+        *,
+        txn_id: str,
+        method: str,
+        uri: str,
+        authorization: list[str],
+        body: bytes,
+    ) -> bytes:
+        """The 200 body for this transaction, or a ``PeerError``."""
+        try:
+            return await self._receive(txn_id, method, uri, authorization, body)
+        except PeerError as error:
+            self._metrics.rejections.labels(error.errcode).inc()
+            raise
+
+    async def _receive(
+        self, txn_id: str, method: str, uri: str, authorization: list[str], body: bytes
+    ) -> bytes:
+        auth = parse_authorization(authorization)
+        if auth.destination is not None and auth.destination != self._server_name:
+            raise PeerError(
+                401, "M_UNAUTHORIZED", f"destination {auth.destination!r} is not this server"
+            )
+        origin = auth.origin
+        if not self._policy.allows(origin):
+            raise PeerError(403, "M_FORBIDDEN", f"federation from {origin} is not allowed")
+        if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
+            raise PeerError(400, "M_INVALID_PARAM", "bad transaction id")
+        try:
+            content = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise PeerError(400, "M_NOT_JSON", f"body is not valid JSON: {exc}") from exc
+        if not isinstance(content, dict):
+            raise PeerError(400, "M_BAD_JSON", "transaction body must be a JSON object")
+        signed = signed_request_bytes(method, uri, origin, self._server_name, content)
+        await self._keyring.verify_request(auth, signed)
+        wait_s = self._rate_limiter.check(origin, self._clock.monotonic())
+        if wait_s > 0:
+            raise PeerError(
+                429,
+                "M_LIMIT_EXCEEDED",
+                "too many transactions",
+                {"retry_after_ms": max(1, int(wait_s * 1000))},
+            )
+        async with self._locks.hold(origin):
+            return await self._apply_once(origin, txn_id, content)
+
+    async def _apply_once(
+        self, origin: ServerName, txn_id: str, content: dict[str, object]
+    ) -> bytes:
+        key = (origin, txn_id)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = await self._store.get_txn_response(origin, txn_id)
+        if answer is not None:
+            self._metrics.transactions.labels("repeat").inc()
+            self._remember(key, answer)
+            return answer
+        parsed = parse_transaction(
+            content, origin, max_status_msg_length=self._limits.max_status_msg_length
+        )
+        txn = InboundTxn(
+            origin=origin,
+            txn_id=txn_id,
+            response=EMPTY_PDUS_RESPONSE,
+            received_ts=self._clock.now_ms(),
+        )
+        outcome = await self._keeper.apply_remote(parsed.pushes, txn)
+        self._remember(key, EMPTY_PDUS_RESPONSE)
+        self._count(parsed)
+        if outcome.dropped:
+            self._metrics.pushes_dropped.labels("own_server_user").inc(len(outcome.dropped))
+        return EMPTY_PDUS_RESPONSE
+
+    def _remember(self, key: tuple[str, str], answer: bytes) -> None:
+        self._answers[key] = answer
+        self._answers.move_to_end(key)
+        while len(self._answers) > self._limits.remembered_txns:
+            self._answers.popitem(last=False)
+
+    def _count(self, parsed: ParsedTransaction) -> None:
+        metrics = self._metrics
+        metrics.transactions.labels("applied").inc()
+        if parsed.pushes:
+            metrics.pushes_accepted.inc(len(parsed.pushes))
+        if parsed.pdu_count:
+            metrics.pdus_ignored.inc(parsed.pdu_count)
+        for reason, count in parsed.dropped.items():
+            metrics.pushes_dropped.labels(reason).inc(count)
+        for edu_type, count in parsed.other_edus.items():
+            metrics.other_edus.labels(edu_type).inc(count)

@@ -1,0 +1,121 @@
+"""The shell around the presence core: decide, then make it durable.
+
+``PresenceKeeper`` owns the one ``PresenceMachine`` of a worker and the store
+it persists to. Every change goes the same way (STYLE.md, seam 1):
+
+    now = clock.now_ms()                      # read once
+    outcome = machine.handle...(input, now)   # pure, no await in between
+    await store.apply(outcome, txn)           # durable (group commit)
+    wake stream listeners and the timer loop  # only then is anyone told
+
+The machine is updated before the write is durable. If the write fails the
+caller is told (``StoreError`` → 503, the sender retries the transaction), and
+a retried transaction re-applies the same pushes, which is idempotent for
+combined state; the in-memory state is never *ahead* of what an acknowledged
+request carried.
+
+The timer loop is a child of the worker's task group: it sleeps until the
+machine's next deadline, is woken early when a change brings that deadline
+forward, and applies ``machine.tick(now)`` like any other outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anyio
+from anyio.abc import TaskStatus
+
+from federation_presence.clock import Clock
+from federation_presence.ids import UserId
+from federation_presence.metrics import Metrics
+from federation_presence.presence.inputs import RemotePush
+from federation_presence.presence.machine import PresenceMachine
+from federation_presence.presence.model import Outcome, UserPresence
+from federation_presence.store.base import InboundTxn, Store
+
+logger = logging.getLogger(__name__)
+
+
+class PresenceKeeper:
+    def __init__(
+        self, machine: PresenceMachine, store: Store, clock: Clock, metrics: Metrics
+    ) -> None:
+        self._machine = machine
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._stream_changed = anyio.Event()
+        self._sleeping_until: int | None = None
+        self._sleep_scope: anyio.CancelScope | None = None
+        self.stream_id = 0
+
+    async def restore(self) -> None:
+        """Load what the store holds into the machine; persist what expired meanwhile."""
+        users = await self._store.load_users()
+        devices = await self._store.load_devices()
+        self.stream_id = await self._store.current_stream_id()
+        outcome = self._machine.restore(users, devices, self._clock.now_ms())
+        await self._persist(outcome)
+        self._metrics.known_users.set(len(users))
+
+    def get(self, user_id: UserId) -> UserPresence | None:
+        return self._machine.get(user_id)
+
+    async def apply_remote(
+        self, pushes: Sequence[RemotePush], txn: InboundTxn | None = None
+    ) -> Outcome:
+        """Apply validated pushes (and record ``txn``); returns once durable."""
+        outcome = self._machine.handle_remote(pushes, self._clock.now_ms())
+        await self._persist(outcome, txn)
+        return outcome
+
+    async def _persist(self, outcome: Outcome, txn: InboundTxn | None = None) -> None:
+        if not outcome.changes and not outcome.devices and txn is None:
+            self._maybe_wake_timers(outcome.next_deadline_ms)
+            return
+        started = self._clock.monotonic()
+        stream_id = await self._store.apply(outcome, txn)
+        self._metrics.apply_seconds.observe(self._clock.monotonic() - started)
+        if stream_id > self.stream_id:
+            self.stream_id = stream_id
+            event, self._stream_changed = self._stream_changed, anyio.Event()
+            event.set()
+        self._maybe_wake_timers(outcome.next_deadline_ms)
+
+    async def wait_for_stream_change(self, after: int) -> None:
+        """Return once the stream has moved past ``after`` (callers add their timeout)."""
+        while self.stream_id <= after:
+            await self._stream_changed.wait()
+
+    def _maybe_wake_timers(self, deadline_ms: int | None) -> None:
+        if deadline_ms is None or self._sleep_scope is None:
+            return
+        if self._sleeping_until is None or deadline_ms < self._sleeping_until:
+            self._sleep_scope.cancel()
+
+    async def run_timers(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Fire the machine's timers forever (a child of the worker's task group)."""
+        task_status.started()
+        while True:
+            deadline = self._machine.next_deadline_ms
+            with anyio.CancelScope() as scope:
+                self._sleep_scope = scope
+                self._sleeping_until = deadline
+                if deadline is None:
+                    await anyio.sleep_forever()
+                else:
+                    await self._clock.sleep_until(deadline)
+            self._sleep_scope = None
+            self._sleeping_until = None
+            if scope.cancelled_caught:
+                continue
+            outcome = self._machine.tick(self._clock.now_ms())
+            try:
+                await self._persist(outcome)
+            except Exception:
+                # A failed write is retried at the next deadline; the loop must live.
+                logger.exception("could not persist timer outcome")

@@ -1,0 +1,238 @@
+"""The composition root: builds the parts from a ``Config`` and runs them.
+
+``running_worker`` owns the root task group: the timer loop and one uvicorn
+server per listener are its children, started with ``tg.start`` so that the
+worker is ready (ports bound, state restored) when the context is entered.
+Leaving the context cancels the group; each server shuts down shielded with
+its own time limit, and the store flushes and closes last.
+
+``run`` is the blocking entry point of ``federation-presence run``: the same
+context, held until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+import uvicorn
+from anyio.abc import TaskStatus
+
+from federation_presence.api.app import App, Router
+from federation_presence.api.client import ClientAuth, add_client_routes
+from federation_presence.api.federation import ServerKeyResponse, add_federation_routes
+from federation_presence.api.ops import add_ops_routes
+from federation_presence.clock import Clock, SystemClock
+from federation_presence.config import Config, ListenerConfig
+from federation_presence.federation.client import FederationClient
+from federation_presence.federation.inbound import InboundLimits, InboundTransactions
+from federation_presence.federation.keyring import Keyring
+from federation_presence.federation.origin_policy import OriginPolicy, OriginRateLimiter
+from federation_presence.federation.resolver import ServerResolver
+from federation_presence.federation.signing_keys import load_or_generate_signing_key
+from federation_presence.ids import ServerName
+from federation_presence.keeper import PresenceKeeper
+from federation_presence.metrics import Metrics
+from federation_presence.presence.machine import PresenceMachine
+from federation_presence.store import open_store
+from federation_presence.store.base import Store
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+@dataclass
+class RunningWorker:
+    """What a started worker exposes (to the CLI and to tests)."""
+
+    config: Config
+    server_name: ServerName
+    store: Store
+    keeper: PresenceKeeper
+    metrics: Metrics
+    ports: list[int] = field(default_factory=list)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the worker owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_listener(
+    app: App,
+    listener: ListenerConfig,
+    host: str,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=listener.port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
+        ssl_certfile=str(listener.tls_certificate_path) if listener.tls_certificate_path else None,
+        ssl_keyfile=str(listener.tls_private_key_path) if listener.tls_private_key_path else None,
+    )
+    server = _Server(config)
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    if server.should_exit:
+        raise OSError(f"could not listen on {host}:{listener.port}")
+    port: int = server.servers[0].sockets[0].getsockname()[1]
+    task_status.started(port)
+    try:
+        await server.main_loop()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE_S):
+            await server.shutdown()
+
+
+def build_router(
+    config: Config,
+    inbound: InboundTransactions,
+    keys: ServerKeyResponse,
+    keeper: PresenceKeeper,
+    metrics: Metrics,
+    clock: Clock,
+    resources: frozenset[str],
+) -> Router:
+    router = Router()
+    if "federation" in resources:
+        add_federation_routes(router, inbound, keys)
+    if "client" in resources:
+        add_client_routes(router, keeper, ClientAuth(config.admin_token), clock)
+    if "ops" in resources:
+        add_ops_routes(router, metrics)
+    return router
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[RunningWorker]:
+    """Start every part of a worker; yield once it is serving."""
+    clock = clock or SystemClock()
+    server_name = ServerName(config.server_name)
+    signing_key = load_or_generate_signing_key(config.signing_key_path)
+    metrics = Metrics()
+    store = open_store(config.database)
+    await store.open()
+    try:
+        resolver = ServerResolver(clock=clock, **_resolver_options(config))
+        async with FederationClient(
+            server_name,
+            signing_key,
+            resolver,
+            clock,
+            verify_certificates=config.federation.verify_certificates,
+            ca_bundle=config.federation.ca_bundle,
+            timeout_ms=config.federation.request_timeout_ms,
+            transport=transport,
+        ) as client:
+            keyring = Keyring(
+                fetcher=client,
+                cache=store,
+                clock=clock,
+                own_server_name=server_name,
+                trusted_key_servers=[
+                    (t.server_name, dict(t.verify_keys))
+                    for t in config.federation.trusted_key_servers
+                ],
+            )
+            machine = PresenceMachine(server_name, config.presence)
+            keeper = PresenceKeeper(machine, store, clock, metrics)
+            await keeper.restore()
+            inbound = InboundTransactions(
+                server_name=server_name,
+                keyring=keyring,
+                keeper=keeper,
+                store=store,
+                clock=clock,
+                policy=OriginPolicy(
+                    config.federation.allow_origins, config.federation.deny_origins
+                ),
+                rate_limiter=OriginRateLimiter(
+                    config.federation.rate_limit_per_second, config.federation.rate_limit_burst
+                ),
+                metrics=metrics,
+                limits=InboundLimits(
+                    max_status_msg_length=config.federation.max_status_msg_length
+                ),
+            )
+            keys = ServerKeyResponse(
+                server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys
+            )
+            worker = RunningWorker(config, server_name, store, keeper, metrics)
+            async with anyio.create_task_group() as tg:
+                await tg.start(keeper.run_timers)
+                for listener in config.listeners:
+                    app = App(
+                        build_router(
+                            config, inbound, keys, keeper, metrics, clock, listener.resources
+                        ),
+                        max_body_bytes=config.federation.max_request_body_bytes,
+                    )
+                    for host in listener.bind_addresses:
+                        worker.ports.append(await tg.start(_serve_listener, app, listener, host))
+                try:
+                    yield worker
+                finally:
+                    tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+def _resolver_options(config: Config) -> dict[str, object]:
+    return {}
+
+
+def run(config: Config) -> int:
+    """Serve until SIGINT/SIGTERM; the exit code of ``federation-presence run``."""
+
+    async def serve_until_signalled() -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with running_worker(config) as worker:
+                scheme = "https" if _any_tls(config) else "http"
+                for port in worker.ports:
+                    logger.info(
+                        "federation-presence for %s serving %s on port %d",
+                        worker.server_name,
+                        scheme,
+                        port,
+                    )
+                async for signum in signals:
+                    logger.info("received %s, shutting down", signal.Signals(signum).name)
+                    break
+
+    try:
+        anyio.run(serve_until_signalled, backend="asyncio", backend_options={"use_uvloop": True})
+    except ssl.SSLError as exc:
+        logger.error("TLS setup failed: %s", exc)
+        return 1
+    except OSError as exc:
+        logger.error("could not start: %s", exc)
+        return 1
+    return 0
+
+
+def _any_tls(config: Config) -> bool:
+    return any(listener.tls_certificate_path for listener in config.listeners)
