@@ -1,0 +1,1 @@
+"""The EDU load generator: synthetic origins, their transactions, the sender."""
