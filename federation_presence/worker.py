@@ -136,17 +136,24 @@ async def running_worker(
     store = open_store(config.database)
     await store.open()
     try:
-        resolver = ServerResolver(clock=clock, **_resolver_options(config))
-        async with FederationClient(
-            server_name,
-            signing_key,
-            resolver,
-            clock,
-            verify_certificates=config.federation.verify_certificates,
-            ca_bundle=config.federation.ca_bundle,
-            timeout_ms=config.federation.request_timeout_ms,
-            transport=transport,
-        ) as client:
+        async with (
+            ServerResolver(
+                clock,
+                verify_certificates=config.federation.verify_certificates,
+                ca_bundle=config.federation.ca_bundle,
+                transport=transport,
+            ) as resolver,
+            FederationClient(
+                server_name,
+                signing_key,
+                resolver,
+                clock,
+                verify_certificates=config.federation.verify_certificates,
+                ca_bundle=config.federation.ca_bundle,
+                timeout_ms=config.federation.request_timeout_ms,
+                transport=transport,
+            ) as client,
+        ):
             keyring = Keyring(
                 fetcher=client,
                 cache=store,
@@ -173,9 +180,7 @@ async def running_worker(
                     config.federation.rate_limit_per_second, config.federation.rate_limit_burst
                 ),
                 metrics=metrics,
-                limits=InboundLimits(
-                    max_status_msg_length=config.federation.max_status_msg_length
-                ),
+                limits=InboundLimits(max_status_msg_length=config.federation.max_status_msg_length),
             )
             keys = ServerKeyResponse(
                 server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys
@@ -199,10 +204,6 @@ async def running_worker(
     finally:
         with anyio.CancelScope(shield=True):
             await store.close()
-
-
-def _resolver_options(config: Config) -> dict[str, object]:
-    return {}
 
 
 def run(config: Config) -> int:
