@@ -1,0 +1,394 @@
+"""Outbound federation HTTP: the one way this worker talks to other servers.
+
+``FederationClient`` owns ONE ``httpx.AsyncClient``. For every request it
+resolves the destination's server name (``resolver.py``), connects to
+``resolved.host:resolved.port``, sends ``Host: resolved.host_header`` and uses
+``resolved.tls_server_name`` as the SNI and certificate name (httpx's
+``sni_hostname`` request extension; for IP literals the certificate is checked
+against the IP and no SNI is sent). Every request carries an X-Matrix
+``Authorization`` header signed over the request target exactly as sent, with
+``origin`` our server name and ``destination`` the server name asked for,
+never the delegated host.
+
+Invariants:
+
+* Every failure, whatever its cause (resolution, connect, TLS, timeout,
+  non-2xx, body too large, not JSON, not a JSON object), surfaces as one
+  ``DestinationError`` (an ``UpstreamError``) with a readable message and the
+  HTTP ``status`` when there was one. No httpx exception leaks.
+* Everything is bounded: the whole exchange (connect, TLS, send, read) runs
+  under ``timeout_ms``; a response body larger than ``max_response_bytes`` is
+  refused while streaming, before it is all read.
+* A TLS connection verified for one certificate name is never reused for
+  another. httpx pools connections by URL origin (address and port) only, so
+  two server names delegated to one address would otherwise share a
+  connection checked for the first name's certificate. The default transport,
+  ``CertificateNamePools``, therefore keeps one connection pool per
+  certificate name (bounded; idle pools are closed least recently used
+  first). An injected ``transport`` (tests) is used as is.
+* The client never retries: backoff belongs to the caller (the sender).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+import orjson
+from signedjson.types import SigningKey
+
+from federation_presence.clock import Clock
+from federation_presence.errors import PeerError, UpstreamError
+from federation_presence.federation.resolver import (
+    USER_AGENT,
+    DestinationResolver,
+    ResolvedDestination,
+    federation_tls_context,
+)
+from federation_presence.federation.xmatrix import authorization_header
+
+DEFAULT_TIMEOUT_MS = 30_000
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_POOLS = 512
+_SHOWN_CHARS = 200
+
+
+class DestinationError(UpstreamError):
+    """A request to ``destination`` failed; ``status`` is the HTTP status if any.
+
+    ``errcode`` and ``retry_after_ms`` are taken from a Matrix error body when
+    the destination sent one.
+    """
+
+    def __init__(
+        self,
+        destination: str,
+        message: str,
+        *,
+        status: int | None = None,
+        errcode: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        super().__init__(f"{destination}: {message}")
+        self.destination = destination
+        self.status = status
+        self.errcode = errcode
+        self.retry_after_ms = retry_after_ms
+
+
+class _ResponseTooLarge(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Pool:
+    """One certificate name's connection pool and its requests in flight."""
+
+    __slots__ = ("in_flight", "transport")
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self.transport = transport
+        self.in_flight = 0
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that marks its pool idle again once closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, pool: _Pool) -> None:
+        self._stream = stream
+        self._pool: _Pool | None = pool
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._pool is not None:
+                self._pool.in_flight -= 1
+                self._pool = None
+
+
+class CertificateNamePools(httpx.AsyncBaseTransport):
+    """Connection pools keyed by the ``sni_hostname`` extension (None for IPs).
+
+    ``new_pool`` makes one pool (an ``httpx.AsyncHTTPTransport`` in service).
+    Beyond ``max_pools`` the least recently used pools with no request in
+    flight are closed; busy pools are never closed under a request.
+    """
+
+    def __init__(
+        self,
+        new_pool: Callable[[], httpx.AsyncBaseTransport],
+        max_pools: int = MAX_POOLS,
+    ) -> None:
+        self._new_pool = new_pool
+        self._max_pools = max_pools
+        self._pools: OrderedDict[str | None, _Pool] = OrderedDict()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        name = request.extensions.get("sni_hostname")
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = _Pool(self._new_pool())
+            self._pools[name] = pool
+            await self._close_idle_beyond_limit()
+        self._pools.move_to_end(name)
+        pool.in_flight += 1
+        try:
+            response = await pool.transport.handle_async_request(request)
+        except BaseException:
+            pool.in_flight -= 1
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_ReleasingStream(response.stream, pool),
+            extensions=response.extensions,
+        )
+
+    async def _close_idle_beyond_limit(self) -> None:
+        excess = len(self._pools) - self._max_pools
+        for name, pool in list(self._pools.items()):
+            if excess <= 0:
+                break
+            if pool.in_flight == 0:
+                del self._pools[name]
+                excess -= 1
+                await pool.transport.aclose()
+
+    @property
+    def names(self) -> list[str | None]:
+        """The certificate names with an open pool, least recently used first."""
+        return list(self._pools)
+
+    async def aclose(self) -> None:
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for pool in pools:
+            await pool.transport.aclose()
+
+
+def request_url(resolved: ResolvedDestination, path: str) -> httpx.URL:
+    """The URL that connects to ``resolved.host:resolved.port`` for ``path``."""
+    if not path.startswith("/"):
+        raise ValueError(f"path must start with '/': {path[:100]!r}")
+    return httpx.URL(
+        scheme="https", host=resolved.host, port=resolved.port, raw_path=path.encode("utf-8")
+    )
+
+
+def _shown(data: bytes) -> str:
+    text = data[:_SHOWN_CHARS].decode("utf-8", "replace")
+    return text + ("…" if len(data) > _SHOWN_CHARS else "")
+
+
+class FederationClient:
+    """Signed JSON requests to other homeservers; an async context manager."""
+
+    def __init__(
+        self,
+        server_name: str,
+        signing_key: SigningKey,
+        resolver: DestinationResolver,
+        clock: Clock,
+        *,
+        verify_certificates: bool = True,
+        ca_bundle: Path | None = None,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._server_name = server_name
+        self._signing_key = signing_key
+        self._resolver = resolver
+        self._clock = clock
+        self._timeout_ms = timeout_ms
+        self._max_response_bytes = max_response_bytes
+        if transport is None:
+            tls_context = federation_tls_context(verify_certificates, ca_bundle)
+            transport = CertificateNamePools(
+                lambda: httpx.AsyncHTTPTransport(verify=tls_context, trust_env=False)
+            )
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout_ms / 1000),
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get_json(self, destination: str, path: str) -> dict[str, Any]:
+        """GET ``path`` (the request target, query included) from ``destination``."""
+        return await self.request_json("GET", destination, path, None)
+
+    async def post_json(self, destination: str, path: str, body: object) -> dict[str, Any]:
+        return await self.request_json("POST", destination, path, body)
+
+    async def put_json(self, destination: str, path: str, body: object) -> dict[str, Any]:
+        return await self.request_json("PUT", destination, path, body)
+
+    async def request_json(
+        self, method: str, destination: str, path: str, body: object | None
+    ) -> dict[str, Any]:
+        """One signed request; the response's JSON object or ``DestinationError``."""
+        started = self._clock.monotonic()
+        resolved = await self._resolve(destination)
+        try:
+            request = self._build_request(method, destination, resolved, path, body)
+        except httpx.InvalidURL as exc:
+            raise DestinationError(
+                destination, f"cannot address {_where(resolved)}: {exc}"
+            ) from exc
+        try:
+            with anyio.fail_after(self._timeout_ms / 1000):
+                response = await self._http.send(request, stream=True)
+                try:
+                    data = await self._read_body(response)
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            elapsed_ms = round((self._clock.monotonic() - started) * 1000)
+            phase = f": {type(exc).__name__}: {exc}" if isinstance(exc, httpx.HTTPError) else ""
+            raise DestinationError(
+                destination,
+                f"{method} {path[:100]} timed out after {elapsed_ms} ms "
+                f"(limit {self._timeout_ms} ms) at {_where(resolved)}{phase}",
+            ) from exc
+        except _ResponseTooLarge as exc:
+            raise DestinationError(
+                destination,
+                f"{method} {path[:100]}: response larger than {self._max_response_bytes} bytes",
+                status=exc.status,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise DestinationError(
+                destination,
+                f"{method} {path[:100]} failed at {_where(resolved)}: {type(exc).__name__}: {exc}",
+            ) from exc
+        return _json_object(destination, method, path, response.status_code, data)
+
+    async def _resolve(self, destination: str) -> ResolvedDestination:
+        try:
+            return await self._resolver.resolve(destination)
+        except DestinationError:
+            raise
+        except UpstreamError as exc:
+            raise DestinationError(destination, f"cannot resolve: {exc}") from exc
+
+    def _build_request(
+        self,
+        method: str,
+        destination: str,
+        resolved: ResolvedDestination,
+        path: str,
+        body: object | None,
+    ) -> httpx.Request:
+        headers = {"Host": resolved.host_header, "Accept": "application/json"}
+        content: bytes | None = None
+        if body is not None:
+            try:
+                content = orjson.dumps(body)
+            except TypeError as exc:
+                raise ValueError(f"request body is not JSON: {exc}") from exc
+            headers["Content-Type"] = "application/json"
+        extensions = {}
+        if resolved.tls_server_name is not None:
+            extensions["sni_hostname"] = resolved.tls_server_name
+        request = self._http.build_request(
+            method,
+            request_url(resolved, path),
+            content=content,
+            headers=headers,
+            extensions=extensions,
+        )
+        # Sign the target exactly as it goes on the wire.
+        uri = request.url.raw_path.decode("ascii")
+        try:
+            request.headers["Authorization"] = authorization_header(
+                self._signing_key, method, uri, self._server_name, destination, body
+            )
+        except PeerError as exc:  # our own body is not canonical JSON: a bug here
+            raise ValueError(exc.message) from exc
+        return request
+
+    async def _read_body(self, response: httpx.Response) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_response_bytes:
+            raise _ResponseTooLarge(response.status_code)
+        data = bytearray()
+        async for chunk in response.aiter_bytes():
+            data += chunk
+            if len(data) > self._max_response_bytes:
+                raise _ResponseTooLarge(response.status_code)
+        return bytes(data)
+
+
+def _where(resolved: ResolvedDestination) -> str:
+    host = f"[{resolved.host}]" if ":" in resolved.host else resolved.host
+    return f"{host}:{resolved.port}"
+
+
+def _json_object(
+    destination: str, method: str, path: str, status: int, data: bytes
+) -> dict[str, Any]:
+    request = f"{method} {path[:100]}"
+    try:
+        document: object = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        document = None
+        parsed = False
+    else:
+        parsed = True
+    if not 200 <= status < 300:
+        errcode: str | None = None
+        retry_after_ms: int | None = None
+        detail = _shown(data)
+        if isinstance(document, dict):
+            code, error = document.get("errcode"), document.get("error")
+            errcode = code if isinstance(code, str) else None
+            retry = document.get("retry_after_ms")
+            retry_after_ms = retry if type(retry) is int else None
+            if errcode is not None:
+                detail = f"{errcode}: {str(error)[:_SHOWN_CHARS]}"
+        raise DestinationError(
+            destination,
+            f"{request} answered HTTP {status}: {detail}",
+            status=status,
+            errcode=errcode,
+            retry_after_ms=retry_after_ms,
+        )
+    if not parsed:
+        raise DestinationError(
+            destination, f"{request}: response is not JSON: {_shown(data)}", status=status
+        )
+    if not isinstance(document, dict):
+        raise DestinationError(
+            destination,
+            f"{request}: response is a JSON {type(document).__name__}, not an object",
+            status=status,
+        )
+    return document
