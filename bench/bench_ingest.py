@@ -50,7 +50,7 @@ def write_config(workdir: Path, port: int, ca_file: Path, synchronous: str) -> P
     config.write_text(
         f"""
 server_name: "{DESTINATION}"
-signing_key_path: "{workdir / 'keys' / 'signing.key'}"
+signing_key_path: "{workdir / "keys" / "signing.key"}"
 listeners:
   - port: {port}
     bind_addresses: ["127.0.0.1"]
@@ -58,7 +58,7 @@ listeners:
 database:
   name: sqlite3
   args:
-    database: "{workdir / 'bench.db'}"
+    database: "{workdir / "bench.db"}"
   synchronous: {synchronous}
 federation:
   ca_bundle: "{ca_file}"

@@ -160,9 +160,8 @@ class App:
         if scope["type"] != "http":
             return
         response = await self._respond(scope, receive)
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": response.headers}
-        )
+        headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:

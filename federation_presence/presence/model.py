@@ -94,12 +94,17 @@ class Outcome:
     ``changes``: combined states to persist (notify ones also get a new stream
     id and go to senders and local syncers). ``devices``: local device rows to
     upsert. ``next_deadline_ms``: when the core next needs ``tick``, or None.
+    ``dropped``: one reason per input the core refused (for logs and metrics).
+    ``federation_pings``: local users whose unchanged state must be re-sent to
+    every interested destination (FEDERATION_PING); their
+    ``last_federation_update_ts`` change is also in ``changes`` (notify None).
     """
 
     changes: tuple[StateChange, ...] = ()
     devices: tuple[DevicePresence, ...] = ()
     next_deadline_ms: int | None = None
     dropped: tuple[str, ...] = field(default=())
+    federation_pings: tuple[UserPresence, ...] = ()
 
     @property
     def to_notify(self) -> tuple[UserPresence, ...]:

@@ -1,0 +1,63 @@
+"""The presence core imports no I/O: checked in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import federation_presence.presence
+
+FORBIDDEN = (
+    "anyio",
+    "asyncio",
+    "httpx",
+    "httpcore",
+    "sqlite3",
+    "_sqlite3",
+    "asyncpg",
+    "psycopg",
+    "socket",
+    "_socket",
+    "ssl",
+    "selectors",
+    "uvicorn",
+    "federation_presence.store",
+    "federation_presence.clock",
+    "federation_presence.federation",
+    "federation_presence.api",
+)
+
+
+def core_modules() -> list[str]:
+    package = federation_presence.presence
+    return [
+        f"{package.__name__}.{info.name}"
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.ispkg
+    ]
+
+
+def test_the_core_has_the_modules_it_is_made_of() -> None:
+    names = {name.rsplit(".", 1)[1] for name in core_modules()}
+    expected = {"states", "model", "inputs", "aggregate", "transitions", "notify", "timers"}
+    assert expected | {"remote", "machine"} <= names
+
+
+def test_importing_the_whole_core_imports_no_io_module() -> None:
+    program = (
+        "import importlib, json, sys\n"
+        f"for name in {core_modules()!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(json.loads(result.stdout))
+    assert "federation_presence.presence.machine" in loaded
+    offending = sorted(
+        name for name in loaded for bad in FORBIDDEN if name == bad or name.startswith(bad + ".")
+    )
+    assert offending == []
