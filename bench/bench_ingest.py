@@ -78,8 +78,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_worker(config: Path, core: str) -> subprocess.Popen[bytes]:
+def start_worker(config: Path, core: str, profile: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "federation_presence", "run", "-c", str(config)]
+    if profile:
+        command = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", profile, "--", *command]
     if shutil.which("taskset") and core:
         command = ["taskset", "-c", core, *command]
     return subprocess.Popen(command)
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     parser.add_argument("--worker-core", default="0")
     parser.add_argument("--client-core", default="1")
+    parser.add_argument("--py-spy", metavar="FILE", help="profile the worker (collapsed stacks)")
     args = parser.parse_args()
     shapes = [parse_shape(s) for s in (args.shape or ["1x1", "1x50", "100x1"])]
     if shutil.which("taskset") and args.client_core:
@@ -169,7 +172,7 @@ def main() -> None:
         cert.private_key_pem.write_to_path(str(key_file))
         port = free_port()
         config = write_config(workdir, port, ca_file, args.synchronous)
-        worker = start_worker(config, args.worker_core)
+        worker = start_worker(config, args.worker_core, args.py_spy)
         try:
             wait_healthy(port)
             for shape in shapes:
@@ -203,7 +206,7 @@ def main() -> None:
                     flush=True,
                 )
         finally:
-            worker.send_signal(signal.SIGTERM)
+            (worker.send_signal(signal.SIGINT) if args.py_spy else worker.send_signal(signal.SIGTERM))
             try:
                 worker.wait(timeout=15)
             except subprocess.TimeoutExpired:

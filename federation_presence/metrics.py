@@ -58,5 +58,9 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Children resolved once: ``labels()`` is a dict lookup under a lock.
+        self.transactions_applied = self.transactions.labels("applied")
+        self.transactions_repeated = self.transactions.labels("repeat")
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -87,7 +87,12 @@ class _Held:
     async def __aenter__(self) -> None:
         self._lock = self._locks.acquire_ref(self._origin)
         try:
-            await self._lock.acquire()
+            # Uncontended is the common case (a sender keeps one transaction in
+            # flight); anyio's acquire() would yield to the loop even then.
+            try:
+                self._lock.acquire_nowait()
+            except anyio.WouldBlock:
+                await self._lock.acquire()
         except BaseException:
             self._locks.release_ref(self._origin)
             raise
@@ -182,7 +187,7 @@ class InboundTransactions:
         if answer is None:
             answer = await self._store.get_txn_response(origin, txn_id)
         if answer is not None:
-            self._metrics.transactions.labels("repeat").inc()
+            self._metrics.transactions_repeated.inc()
             self._remember(key, answer)
             return answer
         parsed = parse_transaction(
@@ -209,7 +214,7 @@ class InboundTransactions:
 
     def _count(self, parsed: ParsedTransaction) -> None:
         metrics = self._metrics
-        metrics.transactions.labels("applied").inc()
+        metrics.transactions_applied.inc()
         if parsed.pushes:
             metrics.pushes_accepted.inc(len(parsed.pushes))
         if parsed.pdu_count:

@@ -18,6 +18,9 @@ What each local input does to a device is decided in ``transitions.py``:
   ``status_msg_set`` (the body carried the key; None then clears it).
 * ``DeviceHeartbeat``: a bridge saying "this device is here, in ``state``":
   a sync that starts and ends at once with ``set_presence=state``.
+
+``RemotePush`` is built once per pushed entry on the ingest hot path, so it is
+not frozen (see ``model.py`` for the measurement); it is never mutated.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from federation_presence.ids import DeviceId, ServerName, UserId
 from federation_presence.presence.states import PresenceState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RemotePush:
     """One validated entry of an ``m.presence`` EDU's ``push`` array.
 

@@ -1,0 +1,142 @@
+"""The one ``Store`` protocol and the values it stores besides presence.
+
+Everything the worker keeps on disk goes through ``Store``: combined user
+presence and local device rows (the presence *stream*), inbound ``/send``
+transaction answers (dedup), cached remote verify keys, readers' stream
+positions and per-destination outbound transaction counters. Two
+implementations honour it, ``sqlite.SqliteStore`` (embedded default) and
+``postgres.PostgresStore`` (scale-out); ``tests/contract`` runs one suite over
+both.
+
+Invariants every implementation keeps:
+
+* ``apply`` is the only write path from the core and is group-committed:
+  concurrent calls are written in one database transaction and each caller is
+  answered only once that transaction is durable. A batch that fails fails
+  every caller in it with ``StoreError`` and writes nothing; the store stays
+  usable.
+* Stream ids are positive and strictly increasing in commit order, so a reader
+  that saw id ``n`` never later finds a committed row with an id ``<= n`` it
+  has not seen. A change with ``notify`` set gets a new id; a change without
+  keeps the user's current id (0 for a user first stored without notify: such
+  a row is not on the stream until a notified change).
+* The stream coalesces per user: ``stream_since`` gives each user once, with
+  their latest state, ordered by stream id.
+* Values must fit both databases: strings of Unicode scalar values (no lone
+  surrogates) without U+0000 (PostgreSQL text cannot hold it), and integers
+  within signed 64 bits. The edges that parse
+  wire input guarantee it; a value outside fails its whole write group.
+* Every driver error leaves as ``StoreError`` (``raise ... from exc``); a
+  database written by a newer program is refused with ``SchemaTooNewError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
+
+
+@dataclass(frozen=True, slots=True)
+class InboundTxn:
+    """A ``/send`` transaction's answer, stored in the same db transaction as its outcome."""
+
+    origin: str
+    txn_id: str
+    response: bytes
+    received_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKeyRecord:
+    """A remote server's verify key, cached by the keyring.
+
+    ``key`` is the unpadded base64 ed25519 public key. ``valid_until_ts`` is the
+    key response's ``valid_until_ts`` (for ``verify_keys``); ``expired_ts`` is
+    set for ``old_verify_keys``.
+    """
+
+    server_name: str
+    key_id: str
+    key: str
+    valid_until_ts: int
+    expired_ts: int | None
+    fetched_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    """A user's latest state and the stream id it sits at."""
+
+    stream_id: int
+    state: UserPresence
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counters of one store object (mutable on purpose: it only counts).
+
+    ``commits`` counts write transactions committed (one per group commit),
+    ``applies`` the ``apply`` calls they made durable, ``failed_batches`` the
+    write transactions that failed and were rolled back.
+    """
+
+    commits: int = 0
+    applies: int = 0
+    failed_batches: int = 0
+    user_rows: int = 0
+    device_rows: int = 0
+
+
+class Store(Protocol):
+    """Durable state of the worker; one database transaction per method."""
+
+    async def open(self) -> None:
+        """Connect and apply migrations; ``SchemaTooNewError`` if the db is newer."""
+        ...
+
+    async def close(self) -> None:
+        """Write what is queued, then close; later calls raise ``StoreError``."""
+        ...
+
+    async def apply(self, outcome: Outcome, txn: InboundTxn | None = None) -> int:
+        """Make ``outcome`` (and ``txn``) durable in one transaction.
+
+        Returns the max stream id after the commit (at least the id of every
+        notified change it carried); returns only once committed.
+        """
+        ...
+
+    async def load_users(self) -> list[UserPresence]: ...
+
+    async def load_devices(self) -> list[DevicePresence]: ...
+
+    async def get_user(self, user_id: str) -> UserPresence | None: ...
+
+    async def current_stream_id(self) -> int: ...
+
+    async def stream_since(self, after: int, limit: int) -> list[StreamRow]:
+        """Latest state of users whose stream id is ``> after``, by stream id, one row each."""
+        ...
+
+    async def get_txn_response(self, origin: str, txn_id: str) -> bytes | None: ...
+
+    async def prune_txns(self, older_than_ts: int) -> int:
+        """Forget transactions received before ``older_than_ts``; how many went."""
+        ...
+
+    async def get_server_keys(self, server_name: str) -> list[ServerKeyRecord]: ...
+
+    async def put_server_keys(self, records: Sequence[ServerKeyRecord]) -> None: ...
+
+    async def get_position(self, name: str) -> int:
+        """A reader's persisted stream position; 0 if it has none."""
+        ...
+
+    async def set_position(self, name: str, position: int) -> None: ...
+
+    async def next_txn_id(self, destination: str) -> int:
+        """The next outbound transaction number for ``destination`` (durable, increasing)."""
+        ...

@@ -1,0 +1,434 @@
+"""``PostgresStore``: the scale-out ``Store`` on PostgreSQL (asyncpg, extra ``postgres``).
+
+Design. Writes go through one writer connection driven by one writer task
+that the store owns: ``open`` starts it, ``close`` drains and joins it (it is
+the store's child, never fire-and-forget). ``apply`` and the small writes
+append to ``_pending`` and set ``_wakeup``; the writer takes everything
+pending and writes it in ONE transaction (``unnest`` upserts, one statement
+per table), then completes every caller's future. While that transaction's
+round trips are in flight, new calls pile up for the next one: group commit.
+Everything started in one event-loop iteration shares a transaction (the
+writer wakes after the tasks already scheduled). Reads use a small pool.
+
+Stream ids come from ``presence_stream_seq``. A write group that notifies
+first takes a transaction-level advisory lock (keyed by the schema) and only
+then draws its ids, so groups of every worker on the database commit their
+ids in increasing order: a reader never sees id ``n+1`` committed while ``n``
+is still to come. Groups without notified changes skip the lock. Rows are
+upserted in key order so concurrent groups cannot deadlock each other.
+
+Failure: a failing group is rolled back and every caller in it gets its own
+``StoreError``; a lost writer connection is replaced on the next group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from federation_presence.errors import StoreError
+from federation_presence.ids import DeviceId, UserId
+from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
+from federation_presence.presence.states import PresenceState
+from federation_presence.store.base import InboundTxn, ServerKeyRecord, StoreStats, StreamRow
+from federation_presence.store.batch import coalesce, count_notified
+from federation_presence.store.schema import (
+    CURRENT_VERSION_SQL,
+    SCHEMA_VERSION_DDL,
+    load_migrations,
+    plan,
+)
+
+T = TypeVar("T")
+
+MAX_GROUP_WRITES = 4096
+"""Calls written per transaction at most; the rest go in the next one."""
+
+_USER_COLUMNS = (
+    "user_id, state, last_active_ts, status_msg, currently_active,"
+    " last_federation_update_ts, last_user_sync_ts"
+)
+_UPSERT_USERS = (
+    f"INSERT INTO user_presence ({_USER_COLUMNS}, stream_id)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],"
+    " $5::boolean[], $6::bigint[], $7::bigint[], $8::bigint[])"
+    " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state,"
+    " last_active_ts = EXCLUDED.last_active_ts, status_msg = EXCLUDED.status_msg,"
+    " currently_active = EXCLUDED.currently_active,"
+    " last_federation_update_ts = EXCLUDED.last_federation_update_ts,"
+    " last_user_sync_ts = EXCLUDED.last_user_sync_ts,"
+    " stream_id = GREATEST(user_presence.stream_id, EXCLUDED.stream_id)"
+)
+_UPSERT_DEVICES = (
+    "INSERT INTO device_presence"
+    " (user_id, device_id, state, last_active_ts, last_sync_ts, syncing)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],"
+    " $5::bigint[], $6::integer[])"
+    " ON CONFLICT (user_id, device_id) DO UPDATE SET state = EXCLUDED.state,"
+    " last_active_ts = EXCLUDED.last_active_ts, last_sync_ts = EXCLUDED.last_sync_ts,"
+    " syncing = EXCLUDED.syncing"
+)
+_INSERT_TXNS = (
+    "INSERT INTO inbound_txns (origin, txn_id, response, received_ts)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[])"
+    " ON CONFLICT (origin, txn_id) DO NOTHING"
+)
+_NEXT_STREAM_IDS = "SELECT nextval('presence_stream_seq') FROM generate_series(1, $1)"
+_MAX_STREAM_ID = "SELECT COALESCE(MAX(stream_id), 0) FROM user_presence"
+_UPSERT_KEYS = (
+    "INSERT INTO server_keys (server_name, key_id, key, valid_until_ts, expired_ts, fetched_ts)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],"
+    " $6::bigint[])"
+    " ON CONFLICT (server_name, key_id) DO UPDATE SET key = EXCLUDED.key,"
+    " valid_until_ts = EXCLUDED.valid_until_ts, expired_ts = EXCLUDED.expired_ts,"
+    " fetched_ts = EXCLUDED.fetched_ts"
+)
+_SELECT_USER = f"SELECT {_USER_COLUMNS} FROM user_presence"
+
+
+class _ApplyWrite:
+    __slots__ = ("fut", "outcome", "txn")
+
+    def __init__(self, outcome: Outcome, txn: InboundTxn | None, fut: asyncio.Future[Any]):
+        self.outcome = outcome
+        self.txn = txn
+        self.fut = fut
+
+
+class _CallWrite:
+    """A small write run inside the group's transaction; its result is the answer."""
+
+    __slots__ = ("fn", "fut")
+
+    def __init__(self, fn: Callable[[Any], Awaitable[object]], fut: asyncio.Future[Any]):
+        self.fn = fn
+        self.fut = fut
+
+
+_Write = _ApplyWrite | _CallWrite
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` without its password, for error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _lock_key(purpose: str, schema: str) -> int:
+    return zlib.crc32(f"federation_presence:{purpose}:{schema}".encode())
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _user(row: Sequence[Any]) -> UserPresence:
+    return UserPresence(
+        UserId(row[0]), PresenceState(row[1]), row[2], row[3], row[4], row[5], row[6]
+    )
+
+
+class PostgresStore:
+    """The ``Store`` on PostgreSQL (see the module docstring).
+
+    ``schema``: tables live in this schema (created if missing) instead of
+    the DSN's default search path; lets several deployments or test runs
+    share one database.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 4,
+        connect_timeout_s: float = 10.0,
+        command_timeout_s: float = 30.0,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.stats = StoreStats()
+        self._where = redact_dsn(dsn) + (f" (schema {schema})" if schema else "")
+        self._settings = {"search_path": _quote_ident(schema)} if schema else {}
+        self._pending: list[_Write] = []
+        self._wakeup = asyncio.Event()
+        self._conn: Any = None
+        self._pool: Any = None
+        self._writer: asyncio.Task[None] | None = None
+        self._stream_lock = 0
+        self._opened = False
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._opened or self._closed:
+            raise StoreError("this store was already opened")
+        self._opened = True
+        try:
+            if self.schema is not None:
+                conn = await self._connect({})
+                try:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(self.schema)}")
+                finally:
+                    await conn.close()
+            self._conn = await self._connect(self._settings)
+            schema = str(await self._conn.fetchval("SELECT current_schema()"))
+            self._stream_lock = _lock_key("stream", schema)
+            await self._migrate(self._conn, schema)
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout_s,
+                command_timeout=self.command_timeout_s,
+                server_settings=self._settings,
+            )
+        except Exception as exc:
+            self._closed = True
+            await self._close_connections()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot open {self._where}: {exc}") from exc
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_loop(), name=f"postgres writer {self._where}"
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._wakeup.set()
+            await self._writer
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        conn, self._conn = self._conn, None
+        pool, self._pool = self._pool, None
+        if conn is not None and not conn.is_closed():
+            await conn.close(timeout=self.connect_timeout_s)
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self.connect_timeout_s)
+            except TimeoutError:
+                pool.terminate()
+
+    async def _connect(self, settings: dict[str, str]) -> Any:
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=self.connect_timeout_s,
+            command_timeout=self.command_timeout_s,
+            server_settings=settings,
+        )
+
+    async def _migrate(self, conn: Any, schema: str) -> None:
+        migrations = load_migrations("postgres")
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key("migrate", schema))
+            await conn.execute(SCHEMA_VERSION_DDL)
+            current = int(await conn.fetchval(CURRENT_VERSION_SQL))
+            for migration in plan(current, migrations, self._where):
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_version (version) VALUES ($1)", migration.version
+                )
+
+    # -- the Store protocol -------------------------------------------------------
+
+    async def apply(self, outcome: Outcome, txn: InboundTxn | None = None) -> int:
+        fut: asyncio.Future[int] = self._loop_if_open().create_future()
+        self._pending.append(_ApplyWrite(outcome, txn, fut))
+        self._wakeup.set()
+        return await fut
+
+    async def load_users(self) -> list[UserPresence]:
+        return [_user(r) for r in await self._fetch(_SELECT_USER)]
+
+    async def load_devices(self) -> list[DevicePresence]:
+        rows = await self._fetch(
+            "SELECT user_id, device_id, state, last_active_ts, last_sync_ts, syncing"
+            " FROM device_presence"
+        )
+        return [
+            DevicePresence(UserId(r[0]), DeviceId(r[1]), PresenceState(r[2]), r[3], r[4], r[5])
+            for r in rows
+        ]
+
+    async def get_user(self, user_id: str) -> UserPresence | None:
+        rows = await self._fetch(f"{_SELECT_USER} WHERE user_id = $1", user_id)
+        return _user(rows[0]) if rows else None
+
+    async def current_stream_id(self) -> int:
+        rows = await self._fetch(_MAX_STREAM_ID)
+        return int(rows[0][0])
+
+    async def stream_since(self, after: int, limit: int) -> list[StreamRow]:
+        rows = await self._fetch(
+            f"SELECT {_USER_COLUMNS}, stream_id FROM user_presence"
+            " WHERE stream_id > $1 ORDER BY stream_id LIMIT $2",
+            after,
+            limit,
+        )
+        return [StreamRow(int(r[7]), _user(r)) for r in rows]
+
+    async def get_txn_response(self, origin: str, txn_id: str) -> bytes | None:
+        rows = await self._fetch(
+            "SELECT response FROM inbound_txns WHERE origin = $1 AND txn_id = $2", origin, txn_id
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    async def prune_txns(self, older_than_ts: int) -> int:
+        async def prune(conn: Any) -> int:
+            status = await conn.execute(
+                "DELETE FROM inbound_txns WHERE received_ts < $1", older_than_ts
+            )
+            return int(str(status).rpartition(" ")[2])
+
+        return await self._call_write(prune)
+
+    async def get_server_keys(self, server_name: str) -> list[ServerKeyRecord]:
+        rows = await self._fetch(
+            "SELECT server_name, key_id, key, valid_until_ts, expired_ts, fetched_ts"
+            " FROM server_keys WHERE server_name = $1 ORDER BY key_id",
+            server_name,
+        )
+        return [ServerKeyRecord(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    async def put_server_keys(self, records: Sequence[ServerKeyRecord]) -> None:
+        if not records:
+            return
+        latest = {(r.server_name, r.key_id): r for r in records}
+        ordered = [latest[k] for k in sorted(latest)]
+        columns = (
+            [r.server_name for r in ordered],
+            [r.key_id for r in ordered],
+            [r.key for r in ordered],
+            [r.valid_until_ts for r in ordered],
+            [r.expired_ts for r in ordered],
+            [r.fetched_ts for r in ordered],
+        )
+
+        async def put(conn: Any) -> None:
+            await conn.execute(_UPSERT_KEYS, *columns)
+
+        await self._call_write(put)
+
+    async def get_position(self, name: str) -> int:
+        rows = await self._fetch("SELECT position FROM stream_positions WHERE name = $1", name)
+        return int(rows[0][0]) if rows else 0
+
+    async def set_position(self, name: str, position: int) -> None:
+        async def put(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO stream_positions (name, position) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+                name,
+                position,
+            )
+
+        await self._call_write(put)
+
+    async def next_txn_id(self, destination: str) -> int:
+        async def bump(conn: Any) -> int:
+            value = await conn.fetchval(
+                "INSERT INTO destination_txn_ids (destination, last_txn_id) VALUES ($1, 1)"
+                " ON CONFLICT (destination) DO UPDATE"
+                " SET last_txn_id = destination_txn_ids.last_txn_id + 1"
+                " RETURNING last_txn_id",
+                destination,
+            )
+            return int(value)
+
+        return await self._call_write(bump)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _loop_if_open(self) -> asyncio.AbstractEventLoop:
+        if self._closed or self._writer is None:
+            raise StoreError("the store is closed" if self._closed else "the store is not open")
+        return self._writer.get_loop()
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        self._loop_if_open()
+        try:
+            async with self._pool.acquire(timeout=self.connect_timeout_s) as conn:
+                return list(await conn.fetch(sql, *args))
+        except Exception as exc:
+            raise StoreError(f"read failed on {self._where}: {exc}") from exc
+
+    async def _call_write(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        fut: asyncio.Future[T] = self._loop_if_open().create_future()
+        self._pending.append(_CallWrite(fn, fut))
+        self._wakeup.set()
+        return await fut
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            group = self._pending[:MAX_GROUP_WRITES]
+            del self._pending[:MAX_GROUP_WRITES]
+            await self._write_group(group)
+
+    async def _write_group(self, group: list[_Write]) -> None:
+        applies = [(w.outcome, w.txn) for w in group if type(w) is _ApplyWrite]
+        answers: list[object] = []
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await self._connect(self._settings)
+            conn = self._conn
+            async with conn.transaction():
+                notified = count_notified(applies)
+                stream_ids: list[int] = []
+                if notified:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", self._stream_lock)
+                    rows = await conn.fetch(_NEXT_STREAM_IDS, notified)
+                    stream_ids = sorted(int(r[0]) for r in rows)
+                write = coalesce(applies, iter(stream_ids))
+                if write.users:
+                    await conn.execute(_UPSERT_USERS, *zip(*sorted(write.users), strict=True))
+                if write.devices:
+                    await conn.execute(_UPSERT_DEVICES, *zip(*sorted(write.devices), strict=True))
+                if write.txns:
+                    await conn.execute(_INSERT_TXNS, *zip(*write.txns, strict=True))
+                for w in group:
+                    if type(w) is _CallWrite:
+                        answers.append(await w.fn(conn))
+                if applies and not notified:
+                    stream_id = int(await conn.fetchval(_MAX_STREAM_ID))
+                else:
+                    stream_id = write.last_stream_id
+        except Exception as exc:
+            self.stats.failed_batches += 1
+            for w in group:
+                if not w.fut.done():
+                    error = StoreError(f"write transaction failed on {self._where}: {exc}")
+                    error.__cause__ = exc
+                    w.fut.set_exception(error)
+            return
+        stats = self.stats
+        stats.commits += 1
+        stats.applies += len(applies)
+        stats.user_rows += len(write.users)
+        stats.device_rows += len(write.devices)
+        call_answers = iter(answers)
+        for w in group:
+            value = stream_id if type(w) is _ApplyWrite else next(call_answers)
+            if not w.fut.done():
+                w.fut.set_result(value)

@@ -1,0 +1,1 @@
+"""One Store contract suite, run over SQLite and PostgreSQL."""
