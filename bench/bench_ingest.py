@@ -206,7 +206,8 @@ def main() -> None:
                     flush=True,
                 )
         finally:
-            (worker.send_signal(signal.SIGINT) if args.py_spy else worker.send_signal(signal.SIGTERM))
+            # py-spy writes its profile when interrupted; the worker gets the SIGINT.
+            worker.send_signal(signal.SIGINT if args.py_spy else signal.SIGTERM)
             try:
                 worker.wait(timeout=15)
             except subprocess.TimeoutExpired:

@@ -56,6 +56,7 @@ class RunningWorker:
     server_name: ServerName
     store: Store
     keeper: PresenceKeeper
+    inbound: InboundTransactions
     metrics: Metrics
     ports: list[int] = field(default_factory=list)
 
@@ -185,9 +186,10 @@ async def running_worker(
             keys = ServerKeyResponse(
                 server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys
             )
-            worker = RunningWorker(config, server_name, store, keeper, metrics)
+            worker = RunningWorker(config, server_name, store, keeper, inbound, metrics)
             async with anyio.create_task_group() as tg:
                 await tg.start(keeper.run_timers)
+                await tg.start(inbound.run_txn_pruning)
                 for listener in config.listeners:
                     app = App(
                         build_router(

@@ -21,7 +21,6 @@ Unknown presence values are rejected (dropped), never mapped or stored.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -98,43 +97,39 @@ def parse_transaction(
     if len(edus) > MAX_EDUS_PER_TXN:
         raise _bad(f"too many EDUs: {len(edus)} > {MAX_EDUS_PER_TXN}")
 
+    # Plain dicts, not Counters: this runs once per transaction (~1 µs saved).
     pushes: list[RemotePush] = []
-    dropped: Counter[str] = Counter()
-    other_edus: Counter[str] = Counter()
+    dropped: dict[str, int] = {}
+    other_edus: dict[str, int] = {}
     for edu in edus:
-        if not isinstance(edu, dict):
-            dropped[DROP_BAD_EDU] += 1
+        if type(edu) is not dict:
+            dropped[DROP_BAD_EDU] = dropped.get(DROP_BAD_EDU, 0) + 1
             continue
         edu_type = edu.get("edu_type")
         content = edu.get("content")
-        if not isinstance(edu_type, str) or not isinstance(content, dict):
-            dropped[DROP_BAD_EDU] += 1
+        if type(edu_type) is not str or type(content) is not dict:
+            dropped[DROP_BAD_EDU] = dropped.get(DROP_BAD_EDU, 0) + 1
             continue
         if edu_type != PRESENCE_EDU:
-            other_edus[edu_type if len(edu_type) <= 64 else "(long)"] += 1
+            label = edu_type if len(edu_type) <= 64 else "(long)"
+            other_edus[label] = other_edus.get(label, 0) + 1
             continue
         push_list = content.get("push")
-        if not isinstance(push_list, list):
-            dropped[DROP_BAD_PRESENCE_CONTENT] += 1
+        if type(push_list) is not list:
+            dropped[DROP_BAD_PRESENCE_CONTENT] = dropped.get(DROP_BAD_PRESENCE_CONTENT, 0) + 1
             continue
         for raw in push_list:
             push_or_reason = parse_push(raw, auth_origin, max_status_msg_length)
-            if isinstance(push_or_reason, str):
-                dropped[push_or_reason] += 1
-            else:
+            if isinstance(push_or_reason, RemotePush):
                 pushes.append(push_or_reason)
-    return ParsedTransaction(
-        origin=auth_origin,
-        pdu_count=len(pdus),
-        pushes=tuple(pushes),
-        dropped=dict(dropped),
-        other_edus=dict(other_edus),
-    )
+            else:
+                dropped[push_or_reason] = dropped.get(push_or_reason, 0) + 1
+    return ParsedTransaction(auth_origin, len(pdus), tuple(pushes), dropped, other_edus)
 
 
 def parse_push(raw: object, origin: ServerName, max_status_msg_length: int) -> RemotePush | str:
     """One ``push`` entry as a ``RemotePush``, or the reason it is dropped."""
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         return DROP_NOT_OBJECT
     user_id = raw.get("user_id")
     if type(user_id) is not str:

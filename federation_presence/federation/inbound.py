@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import anyio
 import orjson
+from anyio.abc import TaskStatus
 
 from federation_presence.clock import Clock
-from federation_presence.errors import PeerError
+from federation_presence.errors import PeerError, StoreError
 from federation_presence.federation.edu import ParsedTransaction, parse_transaction
 from federation_presence.federation.keyring import Keyring
 from federation_presence.federation.origin_policy import OriginPolicy, OriginRateLimiter
@@ -52,6 +53,7 @@ MAX_TXN_ID_LENGTH = 255
 class InboundLimits:
     max_status_msg_length: int = 1024
     remembered_txns: int = 10_000
+    txn_retention_ms: int = 24 * 3_600_000
 
 
 class _OriginLocks:
@@ -130,6 +132,8 @@ class InboundTransactions:
         self._limits = limits
         self._locks = _OriginLocks()
         self._answers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._pruned_before_ts = 0
+        self._pruned = anyio.Event()
 
     async def receive(
         self,
@@ -205,6 +209,35 @@ class InboundTransactions:
         if outcome.dropped:
             self._metrics.pushes_dropped.labels("own_server_user").inc(len(outcome.dropped))
         return EMPTY_PDUS_RESPONSE
+
+    async def run_txn_pruning(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Forget stored answers older than the retention, periodically (a child task).
+
+        Runs every 1/24 of the retention (at least once a minute apart), so a
+        stored answer lives between 1 and 1 1/24 retentions.
+        """
+        interval_ms = max(self._limits.txn_retention_ms // 24, 60_000)
+        task_status.started()
+        while True:
+            now = self._clock.now_ms()
+            try:
+                pruned = await self._store.prune_txns(now - self._limits.txn_retention_ms)
+            except StoreError:
+                logger.exception("pruning old transaction answers failed; will retry")
+            else:
+                if pruned:
+                    logger.info("pruned %d old transaction answers", pruned)
+                self._pruned_before_ts = now - self._limits.txn_retention_ms
+                event, self._pruned = self._pruned, anyio.Event()
+                event.set()
+            await self._clock.sleep_until(now + interval_ms)
+
+    async def wait_pruned(self, before_ts: int) -> None:
+        """Return once answers received before ``before_ts`` have been pruned."""
+        while self._pruned_before_ts < before_ts:
+            await self._pruned.wait()
 
     def _remember(self, key: tuple[str, str], answer: bytes) -> None:
         self._answers[key] = answer

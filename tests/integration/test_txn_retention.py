@@ -1,0 +1,59 @@
+"""Stored /send answers are kept for ``txn_retention`` and then pruned."""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from pathlib import Path
+
+import anyio
+import httpx
+import orjson
+
+from federation_presence.clock import SystemClock
+from federation_presence.worker import running_worker
+from tests.fakes import FakeClock
+from tests.integration.conftest import WORKER_NAME, worker_config
+from tests.integration.origin import running_origin
+from tests.integration.tls_peer import TlsCertificates
+
+HOUR_MS = 3_600_000
+
+
+async def test_answers_older_than_the_retention_are_pruned(
+    tmp_path: Path, certificates: TlsCertificates
+) -> None:
+    config = dataclasses.replace(
+        worker_config(tmp_path, certificates),
+        federation=dataclasses.replace(
+            worker_config(tmp_path, certificates).federation, txn_retention_ms=24 * HOUR_MS
+        ),
+    )
+    clock = FakeClock(start_ms=SystemClock().now_ms())  # near real time: the origin's key is valid
+    context = ssl.create_default_context(cafile=str(certificates.ca_path))
+    async with (
+        running_origin(certificates) as origin,
+        running_worker(config, clock=clock) as worker,
+        httpx.AsyncClient(
+            base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
+        ) as http,
+    ):
+        received_ts = clock.now_ms()
+        body = origin.transaction()
+        response = await http.put(
+            "/_matrix/federation/v1/send/old",
+            content=orjson.dumps(body),
+            headers={"Authorization": origin.authorization("old", body, destination=WORKER_NAME)},
+        )
+        assert response.status_code == 200
+        assert await worker.store.get_txn_response(origin.server_name, "old") is not None
+
+        await clock.advance(23 * HOUR_MS)
+        with anyio.fail_after(10):
+            await worker.inbound.wait_pruned(received_ts - HOUR_MS)
+        assert await worker.store.get_txn_response(origin.server_name, "old") is not None
+
+        await clock.advance(3 * HOUR_MS)
+        with anyio.fail_after(10):
+            await worker.inbound.wait_pruned(received_ts + 1)
+        assert await worker.store.get_txn_response(origin.server_name, "old") is None
