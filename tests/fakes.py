@@ -39,8 +39,8 @@ class FakeClock:
 
     async def advance(self, ms: int) -> None:
         """Move time forward by ``ms``, waking sleepers in deadline order."""
-        from anyio.lowlevel import checkpoint
         from anyio import wait_all_tasks_blocked
+        from anyio.lowlevel import checkpoint
 
         target = self._now_ms + ms
         while self._sleepers and self._sleepers[0][0] <= target:
