@@ -26,6 +26,8 @@ DEFAULT_NAME = "localhost:8448"
 
 def _port_is_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As uvicorn binds: connections of an earlier run in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
