@@ -1,18 +1,25 @@
 """Ingest benchmark: signed /send transactions through the real HTTP stack.
 
-The worker under test runs as its own process (``federation-presence run``)
-pinned to one core (``taskset -c 0``), SQLite store, synchronous=full.
-This process, pinned to the other core, runs the synthetic origins' key
-server (TLS, trustme CA) and the load generator: ORIGINS connections, one
-transaction in flight per origin, pre-signed requests.
+Targets (``--target``, repeatable, measured in the same run):
+
+* ``worker``: ``federation-presence run`` as its own process, SQLite store,
+  ``synchronous=full`` (fsync per group commit).
+* ``synapse``: a real Synapse (see ``synapse_target.py``), SQLite, presence on.
+
+Each target is pinned to one core (``taskset -c 0``). This process, pinned to
+the other core, runs the synthetic origins' TLS key server and the load
+generator: ``--origins`` connections, one transaction in flight per origin
+(the spec's sender rule), requests pre-built and pre-signed so that the
+generator does no JSON or signing while timed. A warm-up transaction per
+origin is sent first so that key fetches are not timed.
 
 Usage:
-    python bench/bench_ingest.py --shape 1x1 --shape 1x50 --shape 100x1 \
-        --origins 64 --seconds 10 --runs 3
+    python bench/bench_ingest.py --target worker --shape 1x1 --shape 1x50 \
+        --shape 100x1 --origins 64 --seconds 10 --runs 3
 
-Prints, per shape and run, transactions/s and pushes/s with latency
-percentiles, then the median over runs. Bounded: each run stops after
---seconds or when its pre-built requests are used up.
+Prints per target, shape and run: transactions/s and pushes/s (200s only),
+p50/p99 latency and the status counts, then the median over runs. Bounded:
+each run stops after ``--seconds`` or when its pre-built requests run out.
 """
 
 from __future__ import annotations
@@ -21,23 +28,49 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import httpx
 import trustme
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synapse_target import (
+    SERVER_NAME as SYNAPSE_NAME,
+)
+from synapse_target import (
+    start_synapse,
+    wait_synapse,
+    write_synapse_config,
+)
+
 from federation_presence.clock import SystemClock
 from federation_presence.loadtest.origins import serving_origins
-from federation_presence.loadtest.plan import LoadShape, request_bytes, transaction_body
+from federation_presence.loadtest.plan import (
+    LoadShape,
+    request_bytes,
+    transaction_body,
+)
 from federation_presence.loadtest.runner import send_requests
 
-DESTINATION = "bench.test"
+WORKER_NAME = "bench.test"
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    txn_per_s: float
+    pushes_per_s: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[int, int]
 
 
 def parse_shape(text: str) -> LoadShape:
@@ -45,11 +78,17 @@ def parse_shape(text: str) -> LoadShape:
     return LoadShape(edus_per_txn=int(edus), pushes_per_edu=int(pushes))
 
 
-def write_config(workdir: Path, port: int, ca_file: Path, synchronous: str) -> Path:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_worker_config(workdir: Path, port: int, ca_file: Path, synchronous: str) -> Path:
     config = workdir / "bench.yaml"
     config.write_text(
         f"""
-server_name: "{DESTINATION}"
+server_name: "{WORKER_NAME}"
 signing_key_path: "{workdir / "keys" / "signing.key"}"
 listeners:
   - port: {port}
@@ -70,14 +109,6 @@ log_level: warning
     return config
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_worker(config: Path, core: str, profile: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "federation_presence", "run", "-c", str(config)]
     if profile:
@@ -88,6 +119,7 @@ def start_worker(config: Path, core: str, profile: str | None) -> subprocess.Pop
 
 
 def wait_healthy(port: int, timeout_s: float = 30.0) -> None:
+    """Poll the worker's /health (its startup is its own process's business)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -101,61 +133,108 @@ def wait_healthy(port: int, timeout_s: float = 30.0) -> None:
 
 async def one_run(
     port: int,
+    destination: str,
     shape: LoadShape,
-    origins_count: int,
-    seconds: float,
-    per_origin: int,
+    args: argparse.Namespace,
     cert: Path,
     key: Path,
-    run_index: int,
-) -> tuple[float, float, float, float, dict[int, int]]:
+    run_label: str,
+) -> RunFigures:
     clock = SystemClock()
-    async with serving_origins(origins_count, clock, cert, key) as origins:
-        requests = []
+    per_origin = max(2, args.max_txns // args.origins)
+    async with serving_origins(args.origins, clock, cert, key) as origins:
         now = clock.now_ms()
-        for origin in origins:
-            requests.append(
-                [
-                    request_bytes(
-                        origin=origin.server_name,
-                        signing_key=origin.signing_key,
-                        destination=DESTINATION,
-                        host_header=f"127.0.0.1:{port}",
-                        txn_id=f"r{run_index}-{i}",
-                        body=transaction_body(origin.server_name, shape, i, now),
-                    )
-                    for i in range(per_origin)
-                ]
-            )
-        # Warm-up: one transaction per origin, so key fetches are not timed.
+        requests = [
+            [
+                request_bytes(
+                    origin=origin.server_name,
+                    signing_key=origin.signing_key,
+                    destination=destination,
+                    host_header=f"127.0.0.1:{port}",
+                    txn_id=f"{run_label}-{i}",
+                    body=transaction_body(origin.server_name, shape, i, now),
+                )
+                for i in range(per_origin)
+            ]
+            for origin in origins
+        ]
         warm = [[r[0]] for r in requests]
-        await send_requests("127.0.0.1", port, warm, clock, duration_s=60)
+        await send_requests("127.0.0.1", port, warm, clock, duration_s=120)
         result = await send_requests(
-            "127.0.0.1", port, [r[1:] for r in requests], clock, duration_s=seconds
+            "127.0.0.1", port, [r[1:] for r in requests], clock, duration_s=args.seconds
         )
-    txn_s = result.ok / result.elapsed_s
-    statuses = dict(result.statuses)
     if result.errors:
         print("  errors:", dict(result.errors), file=sys.stderr)
-    return (
+    txn_s = result.ok / result.elapsed_s
+    return RunFigures(
         txn_s,
         txn_s * shape.pushes_per_txn,
         result.percentile_ms(0.5),
         result.percentile_ms(0.99),
-        statuses,
+        dict(result.statuses),
     )
 
 
+def measure(
+    target: str,
+    port: int,
+    destination: str,
+    shapes: list[LoadShape],
+    args: argparse.Namespace,
+    cert: Path,
+    key: Path,
+) -> None:
+    for shape_index, shape in enumerate(shapes):
+        label = f"{target}: {shape.edus_per_txn} EDU x {shape.pushes_per_edu} pushes"
+        runs = []
+        for run_index in range(args.runs):
+            figures = anyio.run(
+                one_run,
+                port,
+                destination,
+                shape,
+                args,
+                cert,
+                key,
+                f"s{shape_index}r{run_index}",
+                backend="asyncio",
+                backend_options={"use_uvloop": True},
+            )
+            runs.append(figures)
+            print(
+                f"{label}: run {run_index + 1}: {figures.txn_per_s:,.0f} txn/s, "
+                f"{figures.pushes_per_s:,.0f} pushes/s, p50 {figures.p50_ms:.1f} ms, "
+                f"p99 {figures.p99_ms:.1f} ms, statuses {figures.statuses}",
+                flush=True,
+            )
+        print(
+            f"{label}: MEDIAN {statistics.median(r.txn_per_s for r in runs):,.0f} txn/s, "
+            f"{statistics.median(r.pushes_per_s for r in runs):,.0f} pushes/s",
+            flush=True,
+        )
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--target", action="append", choices=["worker", "synapse"])
     parser.add_argument("--shape", action="append", help="EDUSxPUSHES, e.g. 1x50")
     parser.add_argument("--origins", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-txns", type=int, default=60_000, help="per run, all origins")
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
-    parser.add_argument("--worker-core", default="0")
+    parser.add_argument("--server-core", default="0")
     parser.add_argument("--client-core", default="1")
+    parser.add_argument("--synapse-python", default="/opt/synapse-venv/bin/python")
     parser.add_argument("--py-spy", metavar="FILE", help="profile the worker (collapsed stacks)")
     args = parser.parse_args()
     shapes = [parse_shape(s) for s in (args.shape or ["1x1", "1x50", "100x1"])]
@@ -170,48 +249,28 @@ def main() -> None:
         ca.cert_pem.write_to_path(str(ca_file))
         cert.cert_chain_pems[0].write_to_path(str(cert_file))
         cert.private_key_pem.write_to_path(str(key_file))
-        port = free_port()
-        config = write_config(workdir, port, ca_file, args.synchronous)
-        worker = start_worker(config, args.worker_core, args.py_spy)
-        try:
-            wait_healthy(port)
-            for shape in shapes:
-                label = f"{shape.edus_per_txn} EDU x {shape.pushes_per_edu} pushes"
-                per_origin = max(2, args.max_txns // args.origins)
-                runs = []
-                for run_index in range(args.runs):
-                    run = anyio.run(
-                        one_run,
-                        port,
-                        shape,
-                        args.origins,
-                        args.seconds,
-                        per_origin,
-                        cert_file,
-                        key_file,
-                        run_index + 1000 * shapes.index(shape),
-                        backend="asyncio",
-                        backend_options={"use_uvloop": True},
-                    )
-                    runs.append(run)
-                    print(
-                        f"{label}: run {run_index + 1}: {run[0]:,.0f} txn/s, "
-                        f"{run[1]:,.0f} pushes/s, p50 {run[2]:.1f} ms, p99 {run[3]:.1f} ms, "
-                        f"statuses {run[4]}",
-                        flush=True,
-                    )
-                print(
-                    f"{label}: MEDIAN {statistics.median(r[0] for r in runs):,.0f} txn/s, "
-                    f"{statistics.median(r[1] for r in runs):,.0f} pushes/s",
-                    flush=True,
+        for target in args.target or ["worker"]:
+            port = free_port()
+            if target == "worker":
+                config = write_worker_config(workdir, port, ca_file, args.synchronous)
+                process = start_worker(config, args.server_core, args.py_spy)
+                destination = WORKER_NAME
+                try:
+                    wait_healthy(port)
+                    measure(target, port, destination, shapes, args, cert_file, key_file)
+                finally:
+                    # py-spy writes its profile when interrupted; the worker gets SIGINT.
+                    stop(process, signal.SIGINT if args.py_spy else signal.SIGTERM)
+            else:
+                config = write_synapse_config(args.synapse_python, workdir / "synapse", port)
+                process = start_synapse(
+                    args.synapse_python, config, args.server_core, workdir / "synapse.log"
                 )
-        finally:
-            # py-spy writes its profile when interrupted; the worker gets the SIGINT.
-            worker.send_signal(signal.SIGINT if args.py_spy else signal.SIGTERM)
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+                try:
+                    wait_synapse(port, process)
+                    measure(target, port, SYNAPSE_NAME, shapes, args, cert_file, key_file)
+                finally:
+                    stop(process)
 
 
 if __name__ == "__main__":

@@ -48,21 +48,41 @@ class _ResponseReader:
         chunk = await self._stream.receive(65536)
         self._buffer += chunk
 
+    async def _line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            await self._fill()
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    async def _exactly(self, length: int) -> None:
+        while len(self._buffer) < length:
+            await self._fill()
+        self._buffer = self._buffer[length:]
+
     async def read_response(self) -> int:
+        """Read one response (Content-Length or chunked body); return its status."""
         while b"\r\n\r\n" not in self._buffer:
             await self._fill()
         head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length = 0
+        chunked = False
         for line in lines[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
+            name = name.strip().lower()
+            if name == b"content-length":
                 length = int(value.strip())
-        while len(self._buffer) < length:
-            await self._fill()
-        self._buffer = self._buffer[length:]
-        return status
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if not chunked:
+            await self._exactly(length)
+            return status
+        while True:
+            size = int((await self._line()).split(b";", 1)[0], 16)
+            await self._exactly(size + 2)  # the chunk and its CRLF
+            if size == 0:
+                return status
 
 
 async def send_requests(
