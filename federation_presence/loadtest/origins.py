@@ -100,6 +100,8 @@ async def serving_origins(
         lifespan="off",
         log_level="warning",
         access_log=False,
+        # Only key fetches are served: nothing worth draining at shutdown.
+        timeout_graceful_shutdown=1,
         ssl_certfile=str(certfile),
         ssl_keyfile=str(keyfile),
     )
