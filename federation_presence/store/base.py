@@ -80,7 +80,15 @@ class StoreStats:
 
     ``commits`` counts write transactions committed (one per group commit),
     ``applies`` the ``apply`` calls they made durable, ``failed_batches`` the
-    write transactions that failed and were rolled back.
+    write transactions that failed and were rolled back; ``user_rows`` and
+    ``device_rows`` the rows those groups carried (coalesced per group).
+
+    A journalling store (SQLite) also counts ``journal_appends`` (entries
+    written, one per group that carried rows), ``folds`` (fold transactions),
+    ``fold_rows_read`` (journal rows they consumed), ``fold_rows_written``
+    (rows they wrote to the presence tables: read minus superseded) and
+    ``failed_folds``. ``txn_lookups_filtered`` counts ``get_txn_response``
+    calls the in-memory txn filter answered without the database.
     """
 
     commits: int = 0
@@ -88,6 +96,12 @@ class StoreStats:
     failed_batches: int = 0
     user_rows: int = 0
     device_rows: int = 0
+    journal_appends: int = 0
+    folds: int = 0
+    fold_rows_read: int = 0
+    fold_rows_written: int = 0
+    failed_folds: int = 0
+    txn_lookups_filtered: int = 0
 
 
 class Store(Protocol):

@@ -61,17 +61,21 @@ def coalesce(
     devices: dict[tuple[str, str], DeviceRow] = {}
     txns: dict[tuple[str, str], TxnRow] = {}
     last_stream_id = 0
+    next_stream_id = stream_ids.__next__
+    # the hot loop (once per push): ``_value_`` is the enum's plain attribute,
+    # ``.value`` a property costing a Python call
     for outcome, txn in writes:
         for change in outcome.changes:
             s = change.state
+            user_id = s.user_id
             if change.notify is not None:
-                stream_id = last_stream_id = next(stream_ids)
+                stream_id = last_stream_id = next_stream_id()
             else:
-                previous = users.get(s.user_id)
+                previous = users.get(user_id)
                 stream_id = 0 if previous is None else previous[7]
-            users[s.user_id] = (
-                s.user_id,
-                s.state.value,
+            users[user_id] = (
+                user_id,
+                s.state._value_,
                 s.last_active_ts,
                 s.status_msg,
                 s.currently_active,
@@ -83,7 +87,7 @@ def coalesce(
             devices[(d.user_id, d.device_id)] = (
                 d.user_id,
                 d.device_id,
-                d.state.value,
+                d.state._value_,
                 d.last_active_ts,
                 d.last_sync_ts,
                 d.syncing,

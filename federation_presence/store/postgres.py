@@ -19,6 +19,20 @@ upserted in key order so concurrent groups cannot deadlock each other.
 
 Failure: a failing group is rolled back and every caller in it gets its own
 ``StoreError``; a lost writer connection is replaced on the next group.
+
+Txn dedup: as in ``SqliteStore``, ``get_txn_response`` asks an in-memory
+``txn_filter.TxnFilter`` first and skips the database when the key was
+certainly never stored (keys are loaded at ``open``, added when ``apply`` is
+called, dropped after a prune). The filter only knows the transactions THIS
+process stored: when several workers share the database and one origin's
+``/send`` may reach any of them, a transaction first applied by another
+worker would be applied again on a retry (harmless for presence, whose
+pushes carry absolute state, but not the "first answer wins" contract):
+such deployments pass ``txn_filter_capacity=0``.
+
+No journal: ``SqliteStore`` journals its rows because its upserts run on the
+worker's own core; here they run in the PostgreSQL server process, and
+several workers share the tables, so the upserts stay as they were.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from federation_presence.store.schema import (
     load_migrations,
     plan,
 )
+from federation_presence.store.txn_filter import DEFAULT_CAPACITY, TxnFilter
 
 T = TypeVar("T")
 
@@ -141,7 +156,8 @@ class PostgresStore:
 
     ``schema``: tables live in this schema (created if missing) instead of
     the DSN's default search path; lets several deployments or test runs
-    share one database.
+    share one database. ``txn_filter_capacity``: keys the txn filter is sized
+    for (0: no filter; see the module docstring for when that is needed).
     """
 
     def __init__(
@@ -152,13 +168,16 @@ class PostgresStore:
         pool_size: int = 4,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float = 30.0,
+        txn_filter_capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
+        self.txn_filter_capacity = txn_filter_capacity
         self.stats = StoreStats()
+        self._txn_filter: TxnFilter | None = None
         self._where = redact_dsn(dsn) + (f" (schema {schema})" if schema else "")
         self._settings = {"search_path": _quote_ident(schema)} if schema else {}
         self._pending: list[_Write] = []
@@ -187,6 +206,8 @@ class PostgresStore:
             schema = str(await self._conn.fetchval("SELECT current_schema()"))
             self._stream_lock = _lock_key("stream", schema)
             await self._migrate(self._conn, schema)
+            if txn_filter_capacity := self.txn_filter_capacity:
+                self._txn_filter = await self._load_txn_filter(self._conn, txn_filter_capacity)
             self._pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=1,
@@ -245,10 +266,24 @@ class PostgresStore:
                     "INSERT INTO schema_version (version) VALUES ($1)", migration.version
                 )
 
+    @staticmethod
+    async def _load_txn_filter(conn: Any, capacity: int) -> TxnFilter:
+        txn_filter = TxnFilter(capacity)
+        async with conn.transaction():
+            async for origin, txn_id, received_ts in conn.cursor(
+                "SELECT origin, txn_id, received_ts FROM inbound_txns ORDER BY received_ts",
+                prefetch=10_000,
+            ):
+                txn_filter.add(origin, txn_id, received_ts)
+        return txn_filter
+
     # -- the Store protocol -------------------------------------------------------
 
     async def apply(self, outcome: Outcome, txn: InboundTxn | None = None) -> int:
         fut: asyncio.Future[int] = self._loop_if_open().create_future()
+        if txn is not None and self._txn_filter is not None:
+            # before it can commit: a stored key is never filtered out
+            self._txn_filter.add(txn.origin, txn.txn_id, txn.received_ts)
         self._pending.append(_ApplyWrite(outcome, txn, fut))
         self._wakeup.set()
         return await fut
@@ -284,6 +319,10 @@ class PostgresStore:
         return [StreamRow(int(r[7]), _user(r)) for r in rows]
 
     async def get_txn_response(self, origin: str, txn_id: str) -> bytes | None:
+        self._loop_if_open()
+        if self._txn_filter is not None and not self._txn_filter.might_contain(origin, txn_id):
+            self.stats.txn_lookups_filtered += 1
+            return None
         rows = await self._fetch(
             "SELECT response FROM inbound_txns WHERE origin = $1 AND txn_id = $2", origin, txn_id
         )
@@ -296,7 +335,12 @@ class PostgresStore:
             )
             return int(str(status).rpartition(" ")[2])
 
-        return await self._call_write(prune)
+        txn_filter = self._txn_filter
+        emptied = () if txn_filter is None else txn_filter.prunable(older_than_ts)
+        pruned = await self._call_write(prune)
+        if txn_filter is not None:
+            txn_filter.drop(emptied)
+        return pruned
 
     async def get_server_keys(self, server_name: str) -> list[ServerKeyRecord]:
         rows = await self._fetch(

@@ -1,10 +1,12 @@
 """A program that applies, says so, then waits to be killed (``kill -9`` tests).
 
-``python child_writer.py BACKEND LOCATION COUNT``: opens the store (BACKEND
-``sqlite`` with LOCATION a file path, or ``postgres`` with LOCATION a schema),
-applies COUNT notified outcomes concurrently, each with an inbound txn, and
-once every ``apply`` has returned prints ``durable <stream id>``. Then it
-blocks on stdin without closing the store: the test kills it there.
+``python child_writer.py BACKEND LOCATION COUNT [journal]``: opens the store
+(BACKEND ``sqlite`` with LOCATION a file path, or ``postgres`` with LOCATION a
+schema), applies COUNT notified outcomes concurrently, each with an inbound
+txn, and once every ``apply`` has returned prints ``durable <stream id>``.
+Then it blocks on stdin without closing the store: the test kills it there.
+With ``journal`` (SQLite only) the store never folds on its own (no idle or
+size folds), so what it applied is still in the journal when it is killed.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from tests.contract.samples import inbound_txn, notified, user
 POSTGRES_DSN = os.environ.get("FP_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-async def main(backend: str, location: str, count: int) -> None:
-    store = (
-        SqliteStore(location)
-        if backend == "sqlite"
-        else PostgresStore(POSTGRES_DSN, schema=location)
-    )
+async def main(backend: str, location: str, count: int, journal: bool) -> None:
+    store: SqliteStore | PostgresStore
+    if backend == "postgres":
+        store = PostgresStore(POSTGRES_DSN, schema=location)
+    elif journal:
+        store = SqliteStore(location, idle_fold_delay_s=None, journal_max_rows=10**9)
+    else:
+        store = SqliteStore(location)
     await store.open()
     results = await asyncio.gather(
         *(
@@ -38,4 +42,4 @@ async def main(backend: str, location: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["journal"]))

@@ -41,13 +41,17 @@ class Database:
     path: Path | None = None
     schema: str | None = None
 
-    def store(self) -> AnyStore:
+    def store(self, *, txn_filter_capacity: int | None = None) -> AnyStore:
+        """A new store on this database (``txn_filter_capacity``: None keeps the default)."""
+        options = (
+            {} if txn_filter_capacity is None else {"txn_filter_capacity": txn_filter_capacity}
+        )
         if self.path is not None:
-            return SqliteStore(self.path)
-        return PostgresStore(POSTGRES_DSN, schema=self.schema)
+            return SqliteStore(self.path, **options)
+        return PostgresStore(POSTGRES_DSN, schema=self.schema, **options)
 
-    async def opened_store(self) -> AnyStore:
-        store = self.store()
+    async def opened_store(self, *, txn_filter_capacity: int | None = None) -> AnyStore:
+        store = self.store(txn_filter_capacity=txn_filter_capacity)
         await store.open()
         return store
 
