@@ -53,7 +53,7 @@ from synapse_target import (
 )
 
 from federation_presence.clock import SystemClock
-from federation_presence.loadtest.origins import serving_origins
+from federation_presence.loadtest.origins import SyntheticOrigin, serving_origins
 from federation_presence.loadtest.plan import (
     LoadShape,
     request_bytes,
@@ -71,6 +71,13 @@ class RunFigures:
     p50_ms: float
     p99_ms: float
     statuses: dict[int, int]
+    server_cpu_share: float  # server process CPU seconds per wall second, timed part
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_shape(text: str) -> LoadShape:
@@ -112,7 +119,7 @@ log_level: warning
 def start_worker(config: Path, core: str, profile: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "federation_presence", "run", "-c", str(config)]
     if profile:
-        command = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", profile, "--", *command]
+        command = ["py-spy", "record", "--gil", "-r", "200", "-f", "raw", "-o", profile, "--", *command]
     if shutil.which("taskset") and core:
         command = ["taskset", "-c", core, *command]
     return subprocess.Popen(command)
@@ -132,37 +139,34 @@ def wait_healthy(port: int, timeout_s: float = 30.0) -> None:
 
 
 async def one_run(
+    server_pid: int,
     port: int,
     destination: str,
+    origins: list[SyntheticOrigin],
     shape: LoadShape,
     args: argparse.Namespace,
-    cert: Path,
-    key: Path,
     run_label: str,
 ) -> RunFigures:
     clock = SystemClock()
     per_origin = max(2, args.max_txns // args.origins)
-    async with serving_origins(args.origins, clock, cert, key) as origins:
-        now = clock.now_ms()
-        requests = [
-            [
-                request_bytes(
-                    origin=origin.server_name,
-                    signing_key=origin.signing_key,
-                    destination=destination,
-                    host_header=f"127.0.0.1:{port}",
-                    txn_id=f"{run_label}-{i}",
-                    body=transaction_body(origin.server_name, shape, i, now),
-                )
-                for i in range(per_origin)
-            ]
-            for origin in origins
+    now = clock.now_ms()
+    requests = [
+        [
+            request_bytes(
+                origin=origin.server_name,
+                signing_key=origin.signing_key,
+                destination=destination,
+                host_header=f"127.0.0.1:{port}",
+                txn_id=f"{run_label}-{i}",
+                body=transaction_body(origin.server_name, shape, i, now),
+            )
+            for i in range(per_origin)
         ]
-        warm = [[r[0]] for r in requests]
-        await send_requests("127.0.0.1", port, warm, clock, duration_s=120)
-        result = await send_requests(
-            "127.0.0.1", port, [r[1:] for r in requests], clock, duration_s=args.seconds
-        )
+        for origin in origins
+    ]
+    cpu_before = cpu_seconds(server_pid)
+    result = await send_requests("127.0.0.1", port, requests, clock, duration_s=args.seconds)
+    cpu_share = (cpu_seconds(server_pid) - cpu_before) / result.elapsed_s
     if result.errors:
         print("  errors:", dict(result.errors), file=sys.stderr)
     txn_s = result.ok / result.elapsed_s
@@ -172,10 +176,12 @@ async def one_run(
         result.percentile_ms(0.5),
         result.percentile_ms(0.99),
         dict(result.statuses),
+        cpu_share,
     )
 
 
-def measure(
+async def measure(
+    server_pid: int,
     target: str,
     port: int,
     destination: str,
@@ -184,34 +190,61 @@ def measure(
     cert: Path,
     key: Path,
 ) -> None:
-    for shape_index, shape in enumerate(shapes):
-        label = f"{target}: {shape.edus_per_txn} EDU x {shape.pushes_per_edu} pushes"
-        runs = []
-        for run_index in range(args.runs):
-            figures = anyio.run(
-                one_run,
-                port,
-                destination,
-                shape,
-                args,
-                cert,
-                key,
-                f"s{shape_index}r{run_index}",
-                backend="asyncio",
-                backend_options={"use_uvloop": True},
-            )
-            runs.append(figures)
+    """All shapes and runs against one target, with one set of synthetic origins.
+
+    The origins (and so their keys) live for the whole target: a new key under
+    a reused port's server name would be a key rotation, which the receiver
+    rightly rate-limits. A warm-up transaction per origin makes every key
+    fetch happen before anything is timed.
+    """
+    clock = SystemClock()
+    async with serving_origins(args.origins, clock, cert, key) as origins:
+        warm = [
+            [
+                request_bytes(
+                    origin=origin.server_name,
+                    signing_key=origin.signing_key,
+                    destination=destination,
+                    host_header=f"127.0.0.1:{port}",
+                    txn_id="warm-up",
+                    body=transaction_body(origin.server_name, LoadShape(1, 1), 0, clock.now_ms()),
+                )
+            ]
+            for origin in origins
+        ]
+        await send_requests("127.0.0.1", port, warm, clock, duration_s=120)
+        for shape_index, shape in enumerate(shapes):
+            label = f"{target}: {shape.edus_per_txn} EDU x {shape.pushes_per_edu} pushes"
+            runs = []
+            for run_index in range(args.runs):
+                figures = await one_run(
+                    server_pid, port, destination, origins, shape, args,
+                    f"s{shape_index}r{run_index}",
+                )  # fmt: skip
+                runs.append(figures)
+                print(
+                    f"{label}: run {run_index + 1}: {figures.txn_per_s:,.0f} txn/s, "
+                    f"{figures.pushes_per_s:,.0f} pushes/s, p50 {figures.p50_ms:.1f} ms, "
+                    f"p99 {figures.p99_ms:.1f} ms, server CPU {figures.server_cpu_share:.0%}, "
+                    f"{figures.server_cpu_share * 1e6 / max(figures.txn_per_s, 1e-9):,.0f} "
+                    f"µs CPU/txn, statuses {figures.statuses}",
+                    flush=True,
+                )
             print(
-                f"{label}: run {run_index + 1}: {figures.txn_per_s:,.0f} txn/s, "
-                f"{figures.pushes_per_s:,.0f} pushes/s, p50 {figures.p50_ms:.1f} ms, "
-                f"p99 {figures.p99_ms:.1f} ms, statuses {figures.statuses}",
+                f"{label}: MEDIAN {statistics.median(r.txn_per_s for r in runs):,.0f} txn/s, "
+                f"{statistics.median(r.pushes_per_s for r in runs):,.0f} pushes/s",
                 flush=True,
             )
-        print(
-            f"{label}: MEDIAN {statistics.median(r.txn_per_s for r in runs):,.0f} txn/s, "
-            f"{statistics.median(r.pushes_per_s for r in runs):,.0f} pushes/s",
-            flush=True,
-        )
+
+
+def _server_pid(process: subprocess.Popen[bytes]) -> int:
+    """The pid doing the serving: through ``taskset`` (exec) and ``py-spy`` (a child)."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    return int(children[0]) if children else process.pid
+
+
+def _measure(*arguments: object) -> None:
+    anyio.run(measure, *arguments, backend="asyncio", backend_options={"use_uvloop": True})
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -257,7 +290,16 @@ def main() -> None:
                 destination = WORKER_NAME
                 try:
                     wait_healthy(port)
-                    measure(target, port, destination, shapes, args, cert_file, key_file)
+                    _measure(
+                        _server_pid(process),
+                        target,
+                        port,
+                        destination,
+                        shapes,
+                        args,
+                        cert_file,
+                        key_file,
+                    )
                 finally:
                     # py-spy writes its profile when interrupted; the worker gets SIGINT.
                     stop(process, signal.SIGINT if args.py_spy else signal.SIGTERM)
@@ -268,7 +310,16 @@ def main() -> None:
                 )
                 try:
                     wait_synapse(port, process)
-                    measure(target, port, SYNAPSE_NAME, shapes, args, cert_file, key_file)
+                    _measure(
+                        _server_pid(process),
+                        target,
+                        port,
+                        SYNAPSE_NAME,
+                        shapes,
+                        args,
+                        cert_file,
+                        key_file,
+                    )
                 finally:
                     stop(process)
 

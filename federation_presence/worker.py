@@ -13,6 +13,7 @@ context, held until SIGINT or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -84,6 +85,9 @@ async def _serve_listener(
         log_level="warning",
         access_log=False,
         server_header=False,
+        # Origins are authenticated by X-Matrix, not by address: no need to
+        # trust (or parse) X-Forwarded-* headers on every request.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
         ssl_certfile=str(listener.tls_certificate_path) if listener.tls_certificate_path else None,
         ssl_keyfile=str(listener.tls_private_key_path) if listener.tls_private_key_path else None,
@@ -208,12 +212,30 @@ async def running_worker(
             await store.close()
 
 
+# Garbage-collector policy of the serving process (not of tests). The worker
+# holds every known user's state in memory (long-lived, acyclic objects) and
+# allocates thousands of short-lived objects per transaction; CPython's default
+# thresholds (700, 10, 10) then rescan the whole heap often. Measured with
+# bench/bench_ingest.py (1 EDU x 50 pushes, 64 origins, one core): default
+# 598 txn/s, gc disabled 969 txn/s, these thresholds 1,148 txn/s. Garbage
+# cycles are still collected, just in larger, rarer passes.
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Freeze what startup allocated and collect the rest less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(config: Config) -> int:
     """Serve until SIGINT/SIGTERM; the exit code of ``federation-presence run``."""
 
     async def serve_until_signalled() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with running_worker(config) as worker:
+                tune_gc()
                 scheme = "https" if _any_tls(config) else "http"
                 for port in worker.ports:
                     logger.info(
