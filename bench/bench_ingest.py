@@ -80,9 +80,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def parse_shape(text: str) -> LoadShape:
+def parse_shape(text: str, users_per_origin: int) -> LoadShape:
     edus, pushes = text.split("x")
-    return LoadShape(edus_per_txn=int(edus), pushes_per_edu=int(pushes))
+    return LoadShape(int(edus), int(pushes), users_per_origin)
 
 
 def free_port() -> int:
@@ -261,6 +261,7 @@ def main() -> None:
     parser.add_argument("--target", action="append", choices=["worker", "synapse"])
     parser.add_argument("--shape", action="append", help="EDUSxPUSHES, e.g. 1x50")
     parser.add_argument("--origins", type=int, default=64)
+    parser.add_argument("--users-per-origin", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-txns", type=int, default=60_000, help="per run, all origins")
@@ -270,7 +271,9 @@ def main() -> None:
     parser.add_argument("--synapse-python", default="/opt/synapse-venv/bin/python")
     parser.add_argument("--py-spy", metavar="FILE", help="profile the worker (collapsed stacks)")
     args = parser.parse_args()
-    shapes = [parse_shape(s) for s in (args.shape or ["1x1", "1x50", "100x1"])]
+    shapes = [
+        parse_shape(s, args.users_per_origin) for s in (args.shape or ["1x1", "1x50", "100x1"])
+    ]
     if shutil.which("taskset") and args.client_core:
         os.sched_setaffinity(0, {int(args.client_core)})
 
