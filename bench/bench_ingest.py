@@ -119,7 +119,8 @@ log_level: warning
 def start_worker(config: Path, core: str, profile: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "federation_presence", "run", "-c", str(config)]
     if profile:
-        command = ["py-spy", "record", "--gil", "-r", "200", "-f", "raw", "-o", profile, "--", *command]
+        spy = ["py-spy", "record", "--gil", "-r", "200", "-f", "raw", "-o", profile, "--"]
+        command = [*spy, *command]
     if shutil.which("taskset") and core:
         command = ["taskset", "-c", core, *command]
     return subprocess.Popen(command)

@@ -36,9 +36,7 @@ def certificates(tmp_path: Path) -> TlsCertificates:
     return TlsCertificates.issue(tmp_path)
 
 
-def worker_config(
-    tmp_path: Path, certificates: TlsCertificates, **federation: object
-) -> Config:
+def worker_config(tmp_path: Path, certificates: TlsCertificates, **federation: object) -> Config:
     return Config(
         server_name=WORKER_NAME,
         signing_key_path=tmp_path / "keys" / "signing.key",
@@ -51,7 +49,8 @@ def worker_config(
         ),
         database=DatabaseConfig(path=tmp_path / "worker.db"),
         federation=dataclasses.replace(
-            FederationConfig(ca_bundle=certificates.ca_path), **federation  # type: ignore[arg-type]
+            FederationConfig(ca_bundle=certificates.ca_path),
+            **federation,  # type: ignore[arg-type]
         ),
         admin_token=ADMIN_TOKEN,
     )

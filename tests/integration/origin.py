@@ -39,9 +39,7 @@ class TestOrigin:
     answering: bool = True
     clock: SystemClock = field(default_factory=SystemClock)
 
-    async def __call__(
-        self, scope: MutableMapping[str, Any], receive: Any, send: Any
-    ) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         if scope["path"] == "/_matrix/key/v2/server" and self.answering:

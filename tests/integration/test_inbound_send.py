@@ -305,17 +305,13 @@ async def test_a_denied_origin_is_403_before_any_key_fetch(
 async def test_an_origin_over_its_rate_limit_gets_429_with_retry_after(
     tmp_path: Path, certificates: TlsCertificates
 ) -> None:
-    config = worker_config(
-        tmp_path, certificates, rate_limit_per_second=0.001, rate_limit_burst=2
-    )
+    config = worker_config(tmp_path, certificates, rate_limit_per_second=0.001, rate_limit_burst=2)
     async with (
         running_origin(certificates) as origin,
         running_worker(config) as worker,
         _client(worker, certificates) as http,
     ):
-        statuses = [
-            (await send(http, origin, origin.transaction())).status_code for _ in range(3)
-        ]
+        statuses = [(await send(http, origin, origin.transaction())).status_code for _ in range(3)]
         assert statuses[:2] == [200, 200]
         third = await send(http, origin, origin.transaction())
         assert_error(third, 429, "M_LIMIT_EXCEEDED")

@@ -191,18 +191,16 @@ def test_missing_pdus_and_edus_mean_none() -> None:
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=20), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=20), children, max_size=5)
+    ),
     max_leaves=30,
 )
 PUSHISH = st.fixed_dictionaries(
     {},
     optional={
-        "user_id": st.sampled_from(
-            ["@a:remote.example:8448", "@b:other", "x", ""]
-        ) | JSON,
-        "presence": st.sampled_from(["online", "offline", "unavailable", "busy", "dancing"])
-        | JSON,
+        "user_id": st.sampled_from(["@a:remote.example:8448", "@b:other", "x", ""]) | JSON,
+        "presence": st.sampled_from(["online", "offline", "unavailable", "busy", "dancing"]) | JSON,
         "last_active_ago": st.integers(min_value=-(2**60), max_value=2**60) | JSON,
         "currently_active": JSON,
         "status_msg": st.text(max_size=120) | JSON,
