@@ -9,10 +9,14 @@ it persists to. Every change goes the same way (STYLE.md, seam 1):
     wake stream listeners and the timer loop  # only then is anyone told
 
 The machine is updated before the write is durable. If the write fails the
-caller is told (``StoreError`` → 503, the sender retries the transaction), and
-a retried transaction re-applies the same pushes, which is idempotent for
-combined state; the in-memory state is never *ahead* of what an acknowledged
-request carried.
+caller is told (``StoreError`` → 503, the sender retries the transaction) and
+the keeper remembers what it could not persist: the users (with the strongest
+notify reason they were owed) and the device rows. The next write, whoever
+makes it, carries them first, built from the machine's *current* state of
+those users, so nothing is lost and nothing stale is written back: a retried
+transaction finds the machine already changed and would otherwise persist
+nothing and notify nobody. Until then, reads may show the unpersisted state;
+no request carrying it has been answered 200.
 
 The timer loop is a child of the worker's task group: it sleeps until the
 machine's next deadline, is woken early when a change brings that deadline
@@ -21,6 +25,7 @@ forward, and applies ``machine.tick(now)`` like any other outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -28,12 +33,30 @@ import anyio
 from anyio.abc import TaskStatus
 
 from federation_presence.clock import Clock
+from federation_presence.errors import StoreError
 from federation_presence.ids import UserId
 from federation_presence.metrics import Metrics
 from federation_presence.presence.inputs import RemotePush
 from federation_presence.presence.machine import PresenceMachine
-from federation_presence.presence.model import Outcome, UserPresence
+from federation_presence.presence.model import (
+    DevicePresence,
+    NotifyReason,
+    Outcome,
+    StateChange,
+    UserPresence,
+)
 from federation_presence.store.base import InboundTxn, Store
+
+# Notify reasons in order of precedence when several changes are owed for one
+# user: any reason beats None, a new user beats everything.
+_REASON_RANK: dict[NotifyReason | None, int] = dict.fromkeys(NotifyReason, 1)
+_REASON_RANK[None] = 0
+_REASON_RANK[NotifyReason.NEW_USER] = 2
+
+
+def _stronger(a: NotifyReason | None, b: NotifyReason | None) -> NotifyReason | None:
+    return a if _REASON_RANK[a] >= _REASON_RANK[b] else b
+
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +73,9 @@ class PresenceKeeper:
         self._sleeping_until: int | None = None
         self._sleep_scope: anyio.CancelScope | None = None
         self.stream_id = 0
+        # What failed writes could not persist; carried by the next write.
+        self._owed_users: dict[UserId, NotifyReason | None] = {}
+        self._owed_devices: dict[tuple[UserId, str], DevicePresence] = {}
 
     async def restore(self) -> None:
         """Load what the store holds into the machine; persist what expired meanwhile."""
@@ -72,17 +98,48 @@ class PresenceKeeper:
         return outcome
 
     async def _persist(self, outcome: Outcome, txn: InboundTxn | None = None) -> None:
+        if self._owed_users or self._owed_devices:
+            outcome = self._with_owed(outcome)
         if not outcome.changes and not outcome.devices and txn is None:
             self._maybe_wake_timers(outcome.next_deadline_ms)
             return
         started = self._clock.monotonic()
-        stream_id = await self._store.apply(outcome, txn)
+        try:
+            stream_id = await self._store.apply(outcome, txn)
+        except StoreError:
+            self._owe(outcome)
+            raise
         self._metrics.apply_seconds.observe(self._clock.monotonic() - started)
         if stream_id > self.stream_id:
             self.stream_id = stream_id
             event, self._stream_changed = self._stream_changed, anyio.Event()
             event.set()
         self._maybe_wake_timers(outcome.next_deadline_ms)
+
+    def _owe(self, outcome: Outcome) -> None:
+        for change in outcome.changes:
+            user_id = change.state.user_id
+            self._owed_users[user_id] = _stronger(self._owed_users.get(user_id), change.notify)
+        for device in outcome.devices:
+            self._owed_devices[(device.user_id, device.device_id)] = device
+
+    def _with_owed(self, outcome: Outcome) -> Outcome:
+        """``outcome`` preceded by what earlier failed writes owe (current state)."""
+        owed_users, self._owed_users = self._owed_users, {}
+        owed_devices, self._owed_devices = self._owed_devices, {}
+        in_outcome = {change.state.user_id for change in outcome.changes}
+        changes = [
+            StateChange(state, reason)
+            for user_id, reason in owed_users.items()
+            if user_id not in in_outcome and (state := self._machine.get(user_id)) is not None
+        ]
+        device_keys = {(d.user_id, d.device_id) for d in outcome.devices}
+        devices = [d for key, d in owed_devices.items() if key not in device_keys]
+        return dataclasses.replace(
+            outcome,
+            changes=(*changes, *outcome.changes),
+            devices=(*devices, *outcome.devices),
+        )
 
     async def wait_for_stream_change(self, after: int) -> None:
         """Return once the stream has moved past ``after`` (callers add their timeout)."""
@@ -116,6 +173,6 @@ class PresenceKeeper:
             outcome = self._machine.tick(self._clock.now_ms())
             try:
                 await self._persist(outcome)
-            except Exception:
-                # A failed write is retried at the next deadline; the loop must live.
+            except StoreError:
+                # Owed, and carried by the next write; the loop must live.
                 logger.exception("could not persist timer outcome")

@@ -39,6 +39,15 @@ MAX_PDUS_PER_TXN = 50
 MAX_EDUS_PER_TXN = 100
 MAX_SAFE_INT = 2**53 - 1
 PRESENCE_EDU = "m.presence"
+KNOWN_EDU_TYPES = frozenset(
+    {
+        "m.typing",
+        "m.receipt",
+        "m.device_list_update",
+        "m.direct_to_device",
+        "m.signing_key_update",
+    }
+)
 
 # Drop reasons: label values of the ``dropped pushes`` metric.
 DROP_NOT_OBJECT = "push_not_object"
@@ -111,7 +120,9 @@ def parse_transaction(
             dropped[DROP_BAD_EDU] = dropped.get(DROP_BAD_EDU, 0) + 1
             continue
         if edu_type != PRESENCE_EDU:
-            label = edu_type if len(edu_type) <= 64 else "(long)"
+            # A metric label per EDU type: only the spec's types get their
+            # own, so remote servers cannot grow the label set without bound.
+            label = edu_type if edu_type in KNOWN_EDU_TYPES else "other"
             other_edus[label] = other_edus.get(label, 0) + 1
             continue
         push_list = content.get("push")
@@ -158,7 +169,11 @@ def parse_push(raw: object, origin: ServerName, max_status_msg_length: int) -> R
         return DROP_BAD_CURRENTLY_ACTIVE
     status_msg = raw.get("status_msg")
     if status_msg is not None and (
-        type(status_msg) is not str or len(status_msg) > max_status_msg_length
+        type(status_msg) is not str
+        or len(status_msg) > max_status_msg_length
+        # U+0000 cannot be stored as PostgreSQL text; refusing it here keeps
+        # one bad push from failing the whole group commit it would join.
+        or "\x00" in status_msg
     ):
         return DROP_BAD_STATUS_MSG
     return RemotePush(

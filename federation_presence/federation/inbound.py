@@ -153,7 +153,8 @@ class InboundTransactions:
         origin = auth.origin
         if not self._policy.allows(origin):
             raise PeerError(403, "M_FORBIDDEN", f"federation from {origin} is not allowed")
-        if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH:
+        if not txn_id or len(txn_id) > MAX_TXN_ID_LENGTH or not txn_id.isprintable():
+            # isprintable(): no NUL or control characters reach the store.
             raise PeerError(400, "M_INVALID_PARAM", "bad transaction id")
         try:
             content = orjson.loads(body)

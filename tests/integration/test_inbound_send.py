@@ -342,3 +342,12 @@ def _client(worker: RunningWorker, certificates: TlsCertificates) -> httpx.Async
     return httpx.AsyncClient(
         base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
     )
+
+
+@pytest.mark.parametrize("txn_id", ["nul%00id", "tab%09id"])
+async def test_a_txn_id_with_control_characters_is_400(
+    http: httpx.AsyncClient, origin: TestOrigin, txn_id: str
+) -> None:
+    body = origin.transaction(presence_edu(push(origin.user("a"))))
+    response = await send(http, origin, body, txn_id=txn_id)
+    assert_error(response, 400, "M_INVALID_PARAM")

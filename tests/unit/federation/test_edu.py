@@ -79,6 +79,7 @@ def test_the_spec_example_push_is_accepted() -> None:
         ({"currently_active": 1}, DROP_BAD_CURRENTLY_ACTIVE),
         ({"status_msg": 7}, DROP_BAD_STATUS_MSG),
         ({"status_msg": "x" * 101}, DROP_BAD_STATUS_MSG),
+        ({"status_msg": "nul\x00here"}, DROP_BAD_STATUS_MSG),
         ({"user_id": "@bob:elsewhere.example"}, DROP_FOREIGN_USER),
         ({"user_id": "@bob:remote.example"}, DROP_FOREIGN_USER),
         ({"user_id": "bob:remote.example:8448"}, DROP_BAD_USER_ID),
@@ -147,9 +148,11 @@ def test_other_edu_types_are_counted_not_processed() -> None:
             {"edu_type": "m.typing", "content": {"room_id": "!r:x", "typing": True}},
             {"edu_type": "m.receipt", "content": {}},
             {"edu_type": "m.typing", "content": {}},
+            {"edu_type": "org.example.custom", "content": {}},
+            {"edu_type": "x" * 1000, "content": {}},
         )
     )
-    assert parsed.other_edus == {"m.typing": 2, "m.receipt": 1}
+    assert parsed.other_edus == {"m.typing": 2, "m.receipt": 1, "other": 2}
     assert parsed.pushes == ()
 
 
