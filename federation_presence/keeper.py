@@ -84,7 +84,8 @@ class PresenceKeeper:
         self.stream_id = await self._store.current_stream_id()
         outcome = self._machine.restore(users, devices, self._clock.now_ms())
         await self._persist(outcome)
-        self._metrics.known_users.set(len(users))
+        # Read at scrape time, so it is never stale.
+        self._metrics.known_users.set_function(lambda: self._machine.user_count)
 
     def get(self, user_id: UserId) -> UserPresence | None:
         return self._machine.get(user_id)

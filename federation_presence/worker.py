@@ -185,7 +185,10 @@ async def running_worker(
                     config.federation.rate_limit_per_second, config.federation.rate_limit_burst
                 ),
                 metrics=metrics,
-                limits=InboundLimits(max_status_msg_length=config.federation.max_status_msg_length),
+                limits=InboundLimits(
+                    max_status_msg_length=config.federation.max_status_msg_length,
+                    txn_retention_ms=config.federation.txn_retention_ms,
+                ),
             )
             keys = ServerKeyResponse(
                 server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys

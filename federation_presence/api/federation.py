@@ -3,9 +3,10 @@
 Thin: each handler unpacks the request, calls the shell that owns the work
 (``InboundTransactions``) or a pure builder, and packs the answer.
 
-Our key response is built once and reused until half its validity has passed
-(the spec asks notaries to cache for half the lifetime; a fresh signature per
-request would be wasted work for the same bytes).
+Our key response is built once and reused while it has more than
+``max(validity / 2, 1 h + 5 min)`` left: the spec asks notaries to cache for
+half the lifetime, and an origin should never serve a response that expires
+within the hour. A fresh signature per request would be wasted work.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from federation_presence.federation.inbound import InboundTransactions
 from federation_presence.federation.signing_keys import SigningKey, build_server_keys_response
 
 SERVER_SOFTWARE = "federation-presence"
+MIN_REMAINING_VALIDITY_MS = 65 * 60_000
 
 
 class ServerKeyResponse:
@@ -49,7 +51,8 @@ class ServerKeyResponse:
                 self._server_name, self._signing_key, now, self._valid_for_ms, self._old_keys
             )
             self._body = orjson.dumps(payload)
-            self._refresh_at_ts = now + self._valid_for_ms // 2
+            keep_at_least_ms = max(self._valid_for_ms // 2, MIN_REMAINING_VALIDITY_MS)
+            self._refresh_at_ts = now + max(self._valid_for_ms - keep_at_least_ms, 0)
         return self._body
 
 

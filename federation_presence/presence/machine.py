@@ -160,6 +160,11 @@ class PresenceMachine:
     def settings(self) -> PresenceSettings:
         return self._settings
 
+    @property
+    def user_count(self) -> int:
+        """How many users (local and remote) the machine holds."""
+        return len(self._users)
+
     def get(self, user_id: UserId) -> UserPresence | None:
         """The user's current combined state, or None if never seen."""
         return self._users.get(user_id)

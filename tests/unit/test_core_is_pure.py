@@ -61,3 +61,37 @@ def test_importing_the_whole_core_imports_no_io_module() -> None:
         name for name in loaded for bad in FORBIDDEN if name == bad or name.startswith(bad + ".")
     )
     assert offending == []
+
+
+# The other pure modules (STYLE.md, seam 1): each may import the presence
+# core and its own pure siblings, never I/O. ``socket``/``selectors`` are not
+# checked here: signedjson reads its version through importlib.metadata,
+# whose email parser imports ``socket`` without using it.
+NOT_CHECKED_FOR_SHELL_SIDE = {"socket", "_socket", "selectors"}
+PURE_SHELL_SIDE = {
+    "federation_presence.federation.edu": ("federation_presence.federation.edu",),
+    "federation_presence.federation.xmatrix": ("federation_presence.federation.xmatrix",),
+    "federation_presence.federation.origin_policy": (
+        "federation_presence.federation.origin_policy",
+    ),
+}
+
+
+def test_the_pure_federation_modules_import_no_io_module() -> None:
+    for module, allowed in PURE_SHELL_SIDE.items():
+        program = (
+            "import importlib, json, sys\n"
+            f"importlib.import_module({module!r})\n"
+            "print(json.dumps(sorted(sys.modules)))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+        )
+        loaded = set(json.loads(result.stdout)) - {"federation_presence.federation", *allowed}
+        offending = sorted(
+            name
+            for name in loaded
+            for bad in set(FORBIDDEN) - NOT_CHECKED_FOR_SHELL_SIDE
+            if name == bad or name.startswith(bad + ".")
+        )
+        assert offending == [], module
