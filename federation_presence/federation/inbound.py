@@ -162,9 +162,7 @@ class InboundTransactions:
             raise PeerError(400, "M_NOT_JSON", f"body is not valid JSON: {exc}") from exc
         if not isinstance(content, dict):
             raise PeerError(400, "M_BAD_JSON", "transaction body must be a JSON object")
-        signed = signed_request_bytes(
-            method, uri, origin, self._server_name, content, parsed_json=True
-        )
+        signed = signed_request_bytes(method, uri, origin, self._server_name, content)
         await self._keyring.verify_request(auth, signed)
         wait_s = self._rate_limiter.check(origin, self._clock.monotonic())
         if wait_s > 0:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from canonicaljson import encode_canonical_json
 from hypothesis import given
@@ -380,29 +379,3 @@ def test_the_module_is_pure_it_imports_no_io_module() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "[]"
-
-
-PARSED_JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(alphabet=st.characters(codec="utf-8"))
-    | st.sampled_from(['",1.5', '":2e3', "[12345678901234567", "127.0.0.1:8448"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=30,
-)
-
-
-@given(PARSED_JSON_VALUES)
-def test_the_parsed_json_shortcut_decides_exactly_like_the_walk(value: object) -> None:
-    parsed = orjson.loads(orjson.dumps(value))
-    try:
-        expected: bytes | None = canonical_json_bytes(parsed)
-    except ValueError:
-        expected = None
-    try:
-        shortcut: bytes | None = canonical_json_bytes(parsed, parsed_json=True)
-    except ValueError:
-        shortcut = None
-    assert shortcut == expected
