@@ -110,6 +110,7 @@ federation:
   ca_bundle: "{ca_file}"
   rate_limit_per_second: 1000000
   rate_limit_burst: 1000000
+  ip_range_whitelist: ["127.0.0.0/8", "::1/128"]
 log_level: warning
 """
     )

@@ -50,6 +50,7 @@ from urllib.parse import quote
 import yaml
 
 from federation_presence.errors import ConfigError
+from federation_presence.federation.ip_policy import DEFAULT_IP_RANGE_BLACKLIST, ip_range_problem
 from federation_presence.ids import parse_server_name
 from federation_presence.presence.model import PresenceSettings
 
@@ -107,6 +108,8 @@ class FederationConfig:
     max_status_msg_length: int = 1024
     request_timeout_ms: int = 30_000
     txn_retention_ms: int = 24 * HOUR_MS
+    ip_range_blacklist: tuple[str, ...] = DEFAULT_IP_RANGE_BLACKLIST
+    ip_range_whitelist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -694,6 +697,12 @@ def _federation(value: object, source: str | None) -> FederationConfig:
         max_status_msg_length=section.integer("max_status_msg_length", d.max_status_msg_length, 1),
         request_timeout_ms=section.duration("request_timeout", d.request_timeout_ms),
         txn_retention_ms=section.duration("txn_retention", d.txn_retention_ms),
+        ip_range_blacklist=(
+            tuple(section.strings("ip_range_blacklist", ip_range_problem))
+            if section.has("ip_range_blacklist")
+            else d.ip_range_blacklist
+        ),
+        ip_range_whitelist=tuple(section.strings("ip_range_whitelist", ip_range_problem)),
     )
 
 

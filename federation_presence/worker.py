@@ -33,6 +33,7 @@ from federation_presence.clock import Clock, SystemClock
 from federation_presence.config import Config, ListenerConfig
 from federation_presence.federation.client import FederationClient
 from federation_presence.federation.inbound import InboundLimits, InboundTransactions
+from federation_presence.federation.ip_policy import IpPolicy
 from federation_presence.federation.keyring import Keyring
 from federation_presence.federation.origin_policy import OriginPolicy, OriginRateLimiter
 from federation_presence.federation.resolver import ServerResolver
@@ -138,6 +139,7 @@ async def running_worker(
     server_name = ServerName(config.server_name)
     signing_key = load_or_generate_signing_key(config.signing_key_path)
     metrics = Metrics()
+    ip_policy = IpPolicy(config.federation.ip_range_blacklist, config.federation.ip_range_whitelist)
     store = open_store(config.database)
     await store.open()
     try:
@@ -147,6 +149,7 @@ async def running_worker(
                 verify_certificates=config.federation.verify_certificates,
                 ca_bundle=config.federation.ca_bundle,
                 transport=transport,
+                ip_policy=ip_policy,
             ) as resolver,
             FederationClient(
                 server_name,
@@ -157,6 +160,7 @@ async def running_worker(
                 ca_bundle=config.federation.ca_bundle,
                 timeout_ms=config.federation.request_timeout_ms,
                 transport=transport,
+                ip_policy=ip_policy,
             ) as client,
         ):
             keyring = Keyring(

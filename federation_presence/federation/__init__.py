@@ -1,6 +1,8 @@
 """Server-server federation: X-Matrix auth, keys, resolution, inbound and outbound.
 
-Pure parts (no I/O, no clock): ``edu``, ``xmatrix``, ``outbound/{queue,backoff,sharding}``.
+Pure parts (no I/O, no clock): ``edu``, ``xmatrix``, ``origin_policy``, ``ip_policy``
+(and, to come, ``outbound/{queue,backoff,sharding}``).
 Shell parts: ``signing_keys`` (our key file), ``keyring`` (remote keys), ``resolver``,
-``client``, ``inbound``, ``outbound/sender``.
+``client``, ``address_guard`` (the IP policy at connect time), ``inbound`` (and, to
+come, ``outbound/sender``).
 """

@@ -26,6 +26,12 @@ Invariants:
   ``CertificateNamePools``, therefore keeps one connection pool per
   certificate name (bounded; idle pools are closed least recently used
   first). An injected ``transport`` (tests) is used as is.
+* Every connection of the default transport goes through ``AddressGuard``
+  (``address_guard.py``): the destination's host is resolved at connect time
+  and only addresses ``ip_policy`` allows are dialled (default: Synapse's
+  blocklist of loopback, private, link-local, ... ranges), so a peer cannot
+  make us reach internal addresses. A refusal is a ``DestinationError``
+  saying "IP address blocked".
 * The client never retries: backoff belongs to the caller (the sender).
 """
 
@@ -44,6 +50,8 @@ from signedjson.types import SigningKey
 
 from federation_presence.clock import Clock
 from federation_presence.errors import PeerError, UpstreamError
+from federation_presence.federation.address_guard import guarded_transport
+from federation_presence.federation.ip_policy import IpPolicy
 from federation_presence.federation.resolver import (
     USER_AGENT,
     DestinationResolver,
@@ -207,7 +215,9 @@ class FederationClient:
         timeout_ms: int = DEFAULT_TIMEOUT_MS,
         transport: httpx.AsyncBaseTransport | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        ip_policy: IpPolicy | None = None,
     ) -> None:
+        """``ip_policy`` None = ``IpPolicy()``, Synapse's default blocklist."""
         self._server_name = server_name
         self._signing_key = signing_key
         self._resolver = resolver
@@ -216,9 +226,8 @@ class FederationClient:
         self._max_response_bytes = max_response_bytes
         if transport is None:
             tls_context = federation_tls_context(verify_certificates, ca_bundle)
-            transport = CertificateNamePools(
-                lambda: httpx.AsyncHTTPTransport(verify=tls_context, trust_env=False)
-            )
+            policy = ip_policy if ip_policy is not None else IpPolicy()
+            transport = CertificateNamePools(lambda: guarded_transport(tls_context, policy))
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout_ms / 1000),

@@ -21,7 +21,7 @@ What this module owns:
   ``httpx.AsyncClient`` with an injectable transport, its cache, the SRV
   lookups) and ``DnsSrvLookup`` (dnspython's ``dns.asyncresolver`` behind the
   ``SrvLookup`` protocol; A/AAAA/CNAME resolution of the chosen host is left to
-  the connect, i.e. the OS resolver).
+  the connect, i.e. the OS resolver, in ``address_guard.AddressGuard``).
 
 Invariants:
 
@@ -37,6 +37,9 @@ Invariants:
   ``no-store`` from making us fetch on every request). A failure is kept for
   5 min, doubling on each consecutive failure up to 1 h. Entries are bounded
   (least recently used evicted first). Time comes only from the ``Clock``.
+* The ``.well-known`` fetch connects through ``AddressGuard``: only to
+  addresses ``ip_policy`` allows (default: Synapse's blocklist); a refused
+  address is a failed fetch like any other.
 * A DNS failure other than "no such record" raises ``UpstreamError`` (the
   caller backs off and retries) rather than silently skipping to port 8448.
 """
@@ -65,6 +68,8 @@ import orjson
 from federation_presence import __version__
 from federation_presence.clock import Clock
 from federation_presence.errors import ConfigError, UpstreamError
+from federation_presence.federation.address_guard import guarded_transport
+from federation_presence.federation.ip_policy import IpPolicy
 from federation_presence.ids import ServerName, parse_server_name, split_server_name
 
 DEFAULT_FEDERATION_PORT = 8448
@@ -386,7 +391,9 @@ class ServerResolver:
         well_known_timeout_ms: int = WELL_KNOWN_TIMEOUT_MS,
         well_known_max_bytes: int = WELL_KNOWN_MAX_BYTES,
         max_cache_entries: int = WELL_KNOWN_MAX_CACHE_ENTRIES,
+        ip_policy: IpPolicy | None = None,
     ) -> None:
+        """``ip_policy`` None = ``IpPolicy()``, Synapse's default blocklist."""
         self._clock = clock
         self._srv = srv_lookup if srv_lookup is not None else DnsSrvLookup()
         self._rng = rng if rng is not None else random.Random()
@@ -399,8 +406,9 @@ class ServerResolver:
         # identity: the size limit then bounds what is read, not a decompressed bomb.
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if transport is None:
-            transport = httpx.AsyncHTTPTransport(
-                verify=federation_tls_context(verify_certificates, ca_bundle), trust_env=False
+            transport = guarded_transport(
+                federation_tls_context(verify_certificates, ca_bundle),
+                ip_policy if ip_policy is not None else IpPolicy(),
             )
         self._http = httpx.AsyncClient(
             transport=transport, timeout=timeout, headers=headers, trust_env=False

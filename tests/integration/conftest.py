@@ -23,6 +23,7 @@ from federation_presence.config import (
     FederationConfig,
     ListenerConfig,
 )
+from federation_presence.federation.ip_policy import LOOPBACK_RANGES
 from federation_presence.worker import RunningWorker, running_worker
 from tests.integration.origin import TestOrigin, running_origin
 from tests.integration.tls_peer import TlsCertificates
@@ -49,7 +50,8 @@ def worker_config(tmp_path: Path, certificates: TlsCertificates, **federation: o
         ),
         database=DatabaseConfig(path=tmp_path / "worker.db"),
         federation=dataclasses.replace(
-            FederationConfig(ca_bundle=certificates.ca_path),
+            # Test origins live on loopback, which the default ip_range_blacklist refuses.
+            FederationConfig(ca_bundle=certificates.ca_path, ip_range_whitelist=LOOPBACK_RANGES),
             **federation,  # type: ignore[arg-type]
         ),
         admin_token=ADMIN_TOKEN,

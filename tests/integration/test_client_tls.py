@@ -30,6 +30,7 @@ from unpaddedbase64 import decode_base64
 from federation_presence.clock import SystemClock
 from federation_presence.errors import UpstreamError
 from federation_presence.federation.client import DestinationError, FederationClient
+from federation_presence.federation.ip_policy import LOOPBACK_RANGES, IpPolicy
 from federation_presence.federation.resolver import (
     DestinationResolver,
     DnsSrvLookup,
@@ -195,6 +196,9 @@ async def dns_port(zone: SrvZone) -> AsyncIterator[int]:
 
 # --- clients ------------------------------------------------------------------------
 
+# The peer is on loopback, which the default policy (Synapse's blocklist) refuses.
+LOOPBACK_ALLOWED = IpPolicy(whitelist=LOOPBACK_RANGES)
+
 
 @pytest.fixture
 async def resolver(
@@ -205,6 +209,7 @@ async def resolver(
         srv_lookup=DnsSrvLookup(["127.0.0.1"], port=dns_port, timeout_ms=2_000),
         ca_bundle=certificates.ca_path,
         well_known_port=peer.port,
+        ip_policy=LOOPBACK_ALLOWED,
     ) as resolver:
         yield resolver
 
@@ -212,6 +217,7 @@ async def resolver(
 def federation_client(
     resolver: DestinationResolver, signing_key: SigningKey, **options: Any
 ) -> FederationClient:
+    options.setdefault("ip_policy", LOOPBACK_ALLOWED)
     return FederationClient(ORIGIN, signing_key, resolver, SystemClock(), **options)
 
 
@@ -360,3 +366,41 @@ async def test_a_peer_that_never_answers_times_out(
     assert 0.45 <= elapsed <= 3.5, elapsed
     assert caught.value.status is None
     assert [seen.target for seen in app.seen] == ["/slow"]
+
+
+# --- outbound IP policy (SSRF) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_the_default_ip_policy_refuses_loopback_before_any_connection(
+    peer: TlsPeer, app: HomeserverApp, resolver: ServerResolver, signing_key: SigningKey, host: str
+) -> None:
+    async with FederationClient(
+        ORIGIN, signing_key, resolver, SystemClock(), ca_bundle=peer.ca_path
+    ) as client:
+        with pytest.raises(DestinationError, match="IP address blocked") as caught:
+            await client.get_json(f"{host}:{peer.port}", "/_matrix/key/v2/server")
+    assert caught.value.status is None
+    assert app.seen == []
+    assert peer.sni_names == []
+
+
+async def test_the_default_ip_policy_refuses_a_well_known_fetch_from_loopback(
+    peer: TlsPeer, app: HomeserverApp, certificates: TlsCertificates
+) -> None:
+    async with ServerResolver(
+        SystemClock(),
+        srv_lookup=FailingSrvLookup(),
+        ca_bundle=certificates.ca_path,
+        well_known_port=peer.port,
+    ) as resolver:
+        result = await resolver.well_known("localhost")
+    assert result.m_server is None
+    assert "IP address blocked" in (result.problem or "")
+    assert app.seen == []
+    assert peer.sni_names == []
+
+
+class FailingSrvLookup:
+    async def srv(self, name: str) -> list[tuple[int, int, str, int]]:
+        raise AssertionError(f"no SRV lookup expected, got {name}")

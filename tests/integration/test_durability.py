@@ -55,6 +55,7 @@ federation:
   ca_bundle: "{certificates.ca_path}"
   rate_limit_per_second: 100000
   rate_limit_burst: 100000
+  ip_range_whitelist: ["127.0.0.0/8", "::1/128"]
 admin_token: "{ADMIN_TOKEN}"
 log_level: info
 """

@@ -74,6 +74,7 @@ PURE_SHELL_SIDE = {
     "federation_presence.federation.origin_policy": (
         "federation_presence.federation.origin_policy",
     ),
+    "federation_presence.federation.ip_policy": ("federation_presence.federation.ip_policy",),
 }
 
 
