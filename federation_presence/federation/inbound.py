@@ -43,7 +43,7 @@ from federation_presence.federation.xmatrix import parse_authorization, signed_r
 from federation_presence.ids import ServerName
 from federation_presence.keeper import PresenceKeeper
 from federation_presence.metrics import Metrics
-from federation_presence.store.base import InboundTxn, Store
+from federation_presence.store.base import PRUNE_BATCH_ROWS, InboundTxn, Store
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class InboundTransactions:
         while True:
             now = self._clock.now_ms()
             try:
-                pruned = await self._store.prune_txns(now - self._limits.txn_retention_ms)
+                pruned = await self._prune_all(now - self._limits.txn_retention_ms)
             except StoreError:
                 logger.exception("pruning old transaction answers failed; will retry")
             else:
@@ -225,6 +225,15 @@ class InboundTransactions:
                 event, self._pruned = self._pruned, anyio.Event()
                 event.set()
             await self._clock.sleep_until(now + interval_ms)
+
+    async def _prune_all(self, older_than_ts: int) -> int:
+        """Prune in bounded batches, each its own short share of a group commit."""
+        total = 0
+        while True:
+            pruned = await self._store.prune_txns(older_than_ts, PRUNE_BATCH_ROWS)
+            total += pruned
+            if pruned < PRUNE_BATCH_ROWS:
+                return total
 
     async def wait_pruned(self, before_ts: int) -> None:
         """Return once answers received before ``before_ts`` have been pruned."""

@@ -38,6 +38,8 @@ from typing import Protocol
 
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 
+PRUNE_BATCH_ROWS = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class InboundTxn:
@@ -137,8 +139,13 @@ class Store(Protocol):
 
     async def get_txn_response(self, origin: str, txn_id: str) -> bytes | None: ...
 
-    async def prune_txns(self, older_than_ts: int) -> int:
-        """Forget transactions received before ``older_than_ts``; how many went."""
+    async def prune_txns(self, older_than_ts: int, limit: int = PRUNE_BATCH_ROWS) -> int:
+        """Forget at most ``limit`` transactions received before ``older_than_ts``
+        (oldest first); how many went. Fewer than ``limit`` means none is left.
+
+        Bounded so that a prune, which shares a group commit with ``/send``
+        writes, never holds the writer for long; callers repeat until done.
+        """
         ...
 
     async def get_server_keys(self, server_name: str) -> list[ServerKeyRecord]: ...

@@ -49,7 +49,13 @@ from federation_presence.errors import StoreError
 from federation_presence.ids import DeviceId, UserId
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 from federation_presence.presence.states import PresenceState
-from federation_presence.store.base import InboundTxn, ServerKeyRecord, StoreStats, StreamRow
+from federation_presence.store.base import (
+    PRUNE_BATCH_ROWS,
+    InboundTxn,
+    ServerKeyRecord,
+    StoreStats,
+    StreamRow,
+)
 from federation_presence.store.batch import coalesce, count_notified
 from federation_presence.store.schema import (
     CURRENT_VERSION_SQL,
@@ -328,17 +334,22 @@ class PostgresStore:
         )
         return bytes(rows[0][0]) if rows else None
 
-    async def prune_txns(self, older_than_ts: int) -> int:
+    async def prune_txns(self, older_than_ts: int, limit: int = PRUNE_BATCH_ROWS) -> int:
         async def prune(conn: Any) -> int:
             status = await conn.execute(
-                "DELETE FROM inbound_txns WHERE received_ts < $1", older_than_ts
+                "DELETE FROM inbound_txns WHERE (origin, txn_id) IN ("
+                " SELECT origin, txn_id FROM inbound_txns WHERE received_ts < $1"
+                " ORDER BY received_ts LIMIT $2)",
+                older_than_ts,
+                limit,
             )
             return int(str(status).rpartition(" ")[2])
 
         txn_filter = self._txn_filter
         emptied = () if txn_filter is None else txn_filter.prunable(older_than_ts)
         pruned = await self._call_write(prune)
-        if txn_filter is not None:
+        if txn_filter is not None and pruned < limit:
+            # Only a prune that reached the cutoff may forget whole generations.
             txn_filter.drop(emptied)
         return pruned
 

@@ -106,7 +106,13 @@ from typing import Any, TypeVar
 from federation_presence.errors import StoreError
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 from federation_presence.store import sqlite_writer as sql
-from federation_presence.store.base import InboundTxn, ServerKeyRecord, StoreStats, StreamRow
+from federation_presence.store.base import (
+    PRUNE_BATCH_ROWS,
+    InboundTxn,
+    ServerKeyRecord,
+    StoreStats,
+    StreamRow,
+)
 from federation_presence.store.journal import (
     DEFAULT_FOLD_CHANGES,
     DEFAULT_FOLD_WRITES,
@@ -255,11 +261,12 @@ class SqliteStore:
             return None
         return await self._read(lambda conn: sql.get_txn_response(conn, origin, txn_id))
 
-    async def prune_txns(self, older_than_ts: int) -> int:
+    async def prune_txns(self, older_than_ts: int, limit: int = PRUNE_BATCH_ROWS) -> int:
         txn_filter = self._txn_filter
         emptied = () if txn_filter is None else txn_filter.prunable(older_than_ts)
-        pruned = await self._call_write(lambda conn: sql.prune_txns(conn, older_than_ts))
-        if txn_filter is not None:
+        pruned = await self._call_write(lambda conn: sql.prune_txns(conn, older_than_ts, limit))
+        if txn_filter is not None and pruned < limit:
+            # Only a prune that reached the cutoff may forget whole generations.
             txn_filter.drop(emptied)
         return pruned
 

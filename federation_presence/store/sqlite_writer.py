@@ -459,8 +459,13 @@ def get_txn_response(conn: sqlite3.Connection, origin: str, txn_id: str) -> byte
     return None if row is None else bytes(row[0])
 
 
-def prune_txns(conn: sqlite3.Connection, older_than_ts: int) -> int:
-    return conn.execute("DELETE FROM inbound_txns WHERE received_ts < ?", (older_than_ts,)).rowcount
+def prune_txns(conn: sqlite3.Connection, older_than_ts: int, limit: int) -> int:
+    return conn.execute(
+        "DELETE FROM inbound_txns WHERE (origin, txn_id) IN ("
+        " SELECT origin, txn_id FROM inbound_txns WHERE received_ts < ?"
+        " ORDER BY received_ts LIMIT ?)",
+        (older_than_ts, limit),
+    ).rowcount
 
 
 def get_server_keys(conn: sqlite3.Connection, server_name: str) -> list[ServerKeyRecord]:

@@ -119,6 +119,21 @@ async def test_prune_forgets_only_txns_received_before_the_cutoff(store: AnyStor
     assert await store.prune_txns(250) == 0
 
 
+async def test_prune_is_bounded_oldest_first_and_repeats_to_the_cutoff(
+    store: AnyStore,
+) -> None:
+    for n in range(7):
+        await store.apply(Outcome(), inbound_txn("remote", f"t{n}", 100 + n))
+    assert await store.prune_txns(105, limit=3) == 3
+    assert await store.get_txn_response("remote", "t0") is None
+    assert await store.get_txn_response("remote", "t3") is not None
+    assert await store.prune_txns(105, limit=3) == 2
+    assert await store.prune_txns(105, limit=3) == 0
+    assert await store.get_txn_response("remote", "t4") is None
+    assert await store.get_txn_response("remote", "t5") is not None
+    assert await store.get_txn_response("remote", "t6") is not None
+
+
 async def test_server_keys_roundtrip_and_a_refetch_replaces_them(
     store: AnyStore, database: Database
 ) -> None:

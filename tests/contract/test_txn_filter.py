@@ -108,6 +108,20 @@ async def test_a_repeated_txn_keeps_its_first_answer_after_reopen(
         await reopened.close()
 
 
+async def test_after_a_partial_prune_every_kept_txn_is_still_found(database: Database) -> None:
+    """A bounded prune that stops short of the cutoff must not drop a generation."""
+    store = await database.opened_store(txn_filter_capacity=4)
+    try:
+        for n in range(12):
+            await store.apply(Outcome(), inbound_txn("remote", f"t{n}", received_ts=100 * n))
+        assert await store.prune_txns(1_150, limit=2) == 2
+        for n in range(12):
+            expected = None if n < 2 else b'{"pdus":{}}'
+            assert await store.get_txn_response("remote", f"t{n}") == expected
+    finally:
+        await store.close()
+
+
 async def test_after_prune_every_kept_txn_is_still_found(database: Database) -> None:
     """A filter sized for 4 keys: generations seal, merge and get dropped."""
     store = await database.opened_store(txn_filter_capacity=4)
