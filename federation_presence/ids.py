@@ -18,6 +18,8 @@ ServerName = NewType("ServerName", str)
 DeviceId = NewType("DeviceId", str)
 
 MAX_USER_ID_LENGTH = 255
+# A signing key's version, the part after "ed25519:" in a key ID (spec: keys.yaml).
+KEY_VERSION_RE = re.compile(r"[a-zA-Z0-9_]+")
 
 _PORT = r"(?::(?P<port>[0-9]{1,5}))?"
 _IPV4 = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}"

@@ -25,7 +25,6 @@ import contextlib
 import io
 import os
 import random
-import re
 import secrets
 import string
 from collections.abc import Mapping, Sequence
@@ -43,6 +42,7 @@ from signedjson.sign import sign_json
 from signedjson.types import SigningKey
 
 from federation_presence.errors import ConfigError
+from federation_presence.ids import KEY_VERSION_RE
 
 __all__ = [
     "CONFIG_KEY",
@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 CONFIG_KEY = "signing_key_path"
-KEY_VERSION_RE = re.compile(r"[a-zA-Z0-9_]+")
 _VERSION_ALPHABET = string.ascii_letters + string.digits
 _SEED_BYTES = 32
 

@@ -36,7 +36,7 @@ from signedjson.types import SigningKey
 from unpaddedbase64 import encode_base64
 
 from federation_presence.errors import PeerError
-from federation_presence.ids import ServerName, parse_server_name
+from federation_presence.ids import KEY_VERSION_RE, ServerName, parse_server_name
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_AUTHORIZATION_CHARS = 8_192
@@ -60,7 +60,6 @@ _OWS_RE = re.compile(r"[ \t]*")
 _QUOTED_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BARE_RE = re.compile(r'[^ \t,"]+')
 _QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
-_KEY_VERSION_RE = re.compile(r"[a-zA-Z0-9_]+")
 # 64 bytes are 86 unpadded base64 characters; padded, 88. Standard or URL-safe
 # alphabet: Synapse's decoder accepts both, so we do.
 _SIGNATURE_RE = re.compile(r"[A-Za-z0-9+/_-]{86}(?:==)?")
@@ -172,7 +171,7 @@ def _credentials(params: dict[str, str]) -> XMatrixAuth:
     if key_id is None:
         raise _unauthorized("X-Matrix: missing key")
     algorithm, colon, version = key_id.partition(":")
-    if not colon or not _KEY_VERSION_RE.fullmatch(version):
+    if not colon or not KEY_VERSION_RE.fullmatch(version):
         raise _unauthorized(f"X-Matrix: key {_shown(key_id)} is not a key ID")
     if algorithm != "ed25519":
         raise _unauthorized(f"X-Matrix: unknown key {_shown(key_id)} (only ed25519 is supported)")
