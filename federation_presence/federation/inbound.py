@@ -3,12 +3,13 @@
 The order of checks is the cost order, cheapest first, and every refusal is a
 Matrix error with a 4xx status (never a 5xx for any input):
 
-1. ``Authorization`` parses as X-Matrix (401), ``destination`` is us (401);
+1. ``Authorization`` parses as X-Matrix (401);
 2. the origin is allowed by policy (403) — before any key fetch, so a denied
    server costs us nothing;
 3. the body is a JSON object (400 ``M_NOT_JSON``/``M_BAD_JSON``), canonical
    encodable (400);
-4. the signature verifies with the origin's key (401; the key may be fetched);
+4. ``destination`` is us and the signature verifies with the origin's key
+   (401; the keyring checks both, and may fetch the key);
 5. the origin is within its rate limit (429 with ``retry_after_ms``);
 6. under the origin's lock (transactions of one origin apply in order, and a
    retry waits for the attempt it repeats): a known ``(origin, txnId)`` gets the
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -54,7 +54,6 @@ MAX_TXN_ID_LENGTH = 255
 @dataclass(frozen=True, slots=True)
 class InboundLimits:
     max_status_msg_length: int = 1024
-    remembered_txns: int = 10_000
     txn_retention_ms: int = 24 * 3_600_000
 
 
@@ -122,7 +121,6 @@ class InboundTransactions:
         self._metrics = metrics
         self._limits = limits
         self._locks = _OriginLocks()
-        self._answers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._pruned_before_ts = 0
         self._pruned = anyio.Event()
 
@@ -146,10 +144,6 @@ class InboundTransactions:
         self, txn_id: str, method: str, uri: str, authorization: list[str], body: bytes
     ) -> bytes:
         auth = parse_authorization(authorization)
-        if auth.destination is not None and auth.destination != self._server_name:
-            raise PeerError(
-                401, "M_UNAUTHORIZED", f"destination {auth.destination!r} is not this server"
-            )
         origin = auth.origin
         if not self._policy.allows(origin):
             raise PeerError(403, "M_FORBIDDEN", f"federation from {origin} is not allowed")
@@ -178,13 +172,11 @@ class InboundTransactions:
     async def _apply_once(
         self, origin: ServerName, txn_id: str, content: dict[str, object]
     ) -> bytes:
-        key = (origin, txn_id)
-        answer = self._answers.get(key)
-        if answer is None:
-            answer = await self._store.get_txn_response(origin, txn_id)
+        # The store's negative filter answers a new txnId without a database
+        # read; only a (possible) repeat reaches the database.
+        answer = await self._store.get_txn_response(origin, txn_id)
         if answer is not None:
             self._metrics.transactions_repeated.inc()
-            self._remember(key, answer)
             return answer
         parsed = parse_transaction(
             content, origin, max_status_msg_length=self._limits.max_status_msg_length
@@ -196,7 +188,6 @@ class InboundTransactions:
             received_ts=self._clock.now_ms(),
         )
         outcome = await self._keeper.apply_remote(parsed.pushes, txn)
-        self._remember(key, EMPTY_PDUS_RESPONSE)
         self._count(parsed)
         if outcome.dropped:
             self._metrics.pushes_dropped.labels("own_server_user").inc(len(outcome.dropped))
@@ -239,12 +230,6 @@ class InboundTransactions:
         """Return once answers received before ``before_ts`` have been pruned."""
         while self._pruned_before_ts < before_ts:
             await self._pruned.wait()
-
-    def _remember(self, key: tuple[str, str], answer: bytes) -> None:
-        self._answers[key] = answer
-        self._answers.move_to_end(key)
-        while len(self._answers) > self._limits.remembered_txns:
-            self._answers.popitem(last=False)
 
     def _count(self, parsed: ParsedTransaction) -> None:
         metrics = self._metrics

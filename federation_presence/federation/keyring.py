@@ -73,6 +73,7 @@ MAX_KEYS_PER_RESPONSE = 32
 MAX_KEYS_PER_SERVER = 16
 MAX_NOTARY_ITEMS = 16
 _ED25519_KEY_BYTES = 32
+_ED25519_SIGNATURE_BYTES = 64
 _ED25519_KEY_ID_RE = re.compile(r"ed25519:[a-zA-Z0-9_]+")
 
 __all__ = [
@@ -115,8 +116,8 @@ class TrustedKeyServer:
     verify_keys: Mapping[str, VerifyKey]
 
 
-def _decode_key(text: object) -> bytes | None:
-    """32 key bytes from (un)padded standard or URL-safe base64, else None."""
+def _base64_bytes(text: object, length: int) -> bytes | None:
+    """``length`` bytes from (un)padded standard or URL-safe base64, else None."""
     if not isinstance(text, str):
         return None
     stripped = text.rstrip("=")
@@ -124,7 +125,12 @@ def _decode_key(text: object) -> bytes | None:
         raw = base64.b64decode(stripped + "=" * (-len(stripped) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if len(raw) == _ED25519_KEY_BYTES else None
+    return raw if len(raw) == length else None
+
+
+def _decode_key(text: object) -> bytes | None:
+    """32 ed25519 public-key bytes, or None."""
+    return _base64_bytes(text, _ED25519_KEY_BYTES)
 
 
 def _is_int(value: object) -> bool:
@@ -132,12 +138,8 @@ def _is_int(value: object) -> bool:
 
 
 def _signature_bytes(signature: str) -> bytes | None:
-    stripped = signature.rstrip("=")
-    try:
-        raw = base64.b64decode(stripped + "=" * (-len(stripped) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return raw if len(raw) == 64 else None
+    """64 ed25519 signature bytes, or None."""
+    return _base64_bytes(signature, _ED25519_SIGNATURE_BYTES)
 
 
 def _verifies(verify_key: VerifyKey, message: bytes, signature: object) -> bool:

@@ -37,6 +37,13 @@ DeviceRow = tuple[str, str, str, int, int, int]
 # (origin, txn_id, response, received_ts)
 TxnRow = tuple[str, str, bytes, int]
 
+# The columns of a ``user_presence`` row, in the order the row tuples built
+# here carry them (before the stream id); both dialects' SQL is built on it.
+USER_COLUMNS = (
+    "user_id, state, last_active_ts, status_msg, currently_active,"
+    " last_federation_update_ts, last_user_sync_ts"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class CoalescedWrite:

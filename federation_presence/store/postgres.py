@@ -56,7 +56,7 @@ from federation_presence.store.base import (
     StoreStats,
     StreamRow,
 )
-from federation_presence.store.batch import coalesce, count_notified
+from federation_presence.store.batch import USER_COLUMNS, coalesce, count_notified
 from federation_presence.store.schema import (
     CURRENT_VERSION_SQL,
     SCHEMA_VERSION_DDL,
@@ -70,12 +70,8 @@ T = TypeVar("T")
 MAX_GROUP_WRITES = 4096
 """Calls written per transaction at most; the rest go in the next one."""
 
-_USER_COLUMNS = (
-    "user_id, state, last_active_ts, status_msg, currently_active,"
-    " last_federation_update_ts, last_user_sync_ts"
-)
 _UPSERT_USERS = (
-    f"INSERT INTO user_presence ({_USER_COLUMNS}, stream_id)"
+    f"INSERT INTO user_presence ({USER_COLUMNS}, stream_id)"
     " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],"
     " $5::boolean[], $6::bigint[], $7::bigint[], $8::bigint[])"
     " ON CONFLICT (user_id) DO UPDATE SET state = EXCLUDED.state,"
@@ -109,7 +105,7 @@ _UPSERT_KEYS = (
     " valid_until_ts = EXCLUDED.valid_until_ts, expired_ts = EXCLUDED.expired_ts,"
     " fetched_ts = EXCLUDED.fetched_ts"
 )
-_SELECT_USER = f"SELECT {_USER_COLUMNS} FROM user_presence"
+_SELECT_USER = f"SELECT {USER_COLUMNS} FROM user_presence"
 
 
 class _ApplyWrite:
@@ -317,7 +313,7 @@ class PostgresStore:
 
     async def stream_since(self, after: int, limit: int) -> list[StreamRow]:
         rows = await self._fetch(
-            f"SELECT {_USER_COLUMNS}, stream_id FROM user_presence"
+            f"SELECT {USER_COLUMNS}, stream_id FROM user_presence"
             " WHERE stream_id > $1 ORDER BY stream_id LIMIT $2",
             after,
             limit,

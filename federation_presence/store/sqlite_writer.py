@@ -34,7 +34,7 @@ from federation_presence.ids import DeviceId, UserId
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 from federation_presence.presence.states import PresenceState
 from federation_presence.store.base import InboundTxn, ServerKeyRecord, StoreStats, StreamRow
-from federation_presence.store.batch import coalesce
+from federation_presence.store.batch import USER_COLUMNS, coalesce
 from federation_presence.store.journal import (
     FoldReport,
     FoldTrigger,
@@ -66,12 +66,8 @@ _TUNING_PRAGMAS = (
     "PRAGMA journal_size_limit=67108864",
 )
 
-_USER_COLUMNS = (
-    "user_id, state, last_active_ts, status_msg, currently_active,"
-    " last_federation_update_ts, last_user_sync_ts"
-)
 _UPSERT_USER = (
-    f"INSERT INTO user_presence ({_USER_COLUMNS}, stream_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO user_presence ({USER_COLUMNS}, stream_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (user_id) DO UPDATE SET state = excluded.state,"
     " last_active_ts = excluded.last_active_ts, status_msg = excluded.status_msg,"
     " currently_active = excluded.currently_active,"
@@ -410,7 +406,7 @@ def _migrate(conn: sqlite3.Connection, where: str) -> None:
 
 # -- statements run on the store thread (one connection, no shared state) ----
 
-_SELECT_USER = f"SELECT {_USER_COLUMNS} FROM user_presence"
+_SELECT_USER = f"SELECT {USER_COLUMNS} FROM user_presence"
 _SELECT_DEVICE = (
     "SELECT user_id, device_id, state, last_active_ts, last_sync_ts, syncing FROM device_presence"
 )
@@ -445,7 +441,7 @@ def current_stream_id(conn: sqlite3.Connection) -> int:
 
 def stream_since(conn: sqlite3.Connection, after: int, limit: int) -> list[StreamRow]:
     cursor = conn.execute(
-        f"SELECT {_USER_COLUMNS}, stream_id FROM user_presence"
+        f"SELECT {USER_COLUMNS}, stream_id FROM user_presence"
         " WHERE stream_id > ? ORDER BY stream_id LIMIT ?",
         (after, limit),
     )

@@ -77,12 +77,17 @@ async def worker(config: Config, origin: TestOrigin) -> AsyncIterator[RunningWor
         yield running
 
 
+def worker_client(worker: RunningWorker, certificates: TlsCertificates) -> httpx.AsyncClient:
+    """An HTTPS client to the worker's first listener, trusting the test CA."""
+    context = ssl.create_default_context(cafile=str(certificates.ca_path))
+    return httpx.AsyncClient(
+        base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
+    )
+
+
 @pytest.fixture
 async def http(
     worker: RunningWorker, certificates: TlsCertificates
 ) -> AsyncIterator[httpx.AsyncClient]:
-    context = ssl.create_default_context(cafile=str(certificates.ca_path))
-    async with httpx.AsyncClient(
-        base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
-    ) as client:
+    async with worker_client(worker, certificates) as client:
         yield client

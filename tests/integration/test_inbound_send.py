@@ -17,7 +17,7 @@ import pytest
 
 from federation_presence.federation.signing_keys import generate_signing_key
 from federation_presence.worker import RunningWorker, running_worker
-from tests.integration.conftest import ADMIN_TOKEN, WORKER_NAME, worker_config
+from tests.integration.conftest import ADMIN_TOKEN, WORKER_NAME, worker_client, worker_config
 from tests.integration.origin import TestOrigin, presence_edu, running_origin
 from tests.integration.tls_peer import TlsCertificates
 
@@ -295,7 +295,7 @@ async def test_a_denied_origin_is_403_before_any_key_fetch(
     async with (
         running_origin(certificates) as origin,
         running_worker(config) as worker,
-        _client(worker, certificates) as http,
+        worker_client(worker, certificates) as http,
     ):
         response = await send(http, origin, origin.transaction())
         assert_error(response, 403, "M_FORBIDDEN")
@@ -309,7 +309,7 @@ async def test_an_origin_over_its_rate_limit_gets_429_with_retry_after(
     async with (
         running_origin(certificates) as origin,
         running_worker(config) as worker,
-        _client(worker, certificates) as http,
+        worker_client(worker, certificates) as http,
     ):
         statuses = [(await send(http, origin, origin.transaction())).status_code for _ in range(3)]
         assert statuses[:2] == [200, 200]
@@ -323,25 +323,16 @@ async def test_accepted_state_survives_a_restart(
 ) -> None:
     config = worker_config(tmp_path, certificates)
     async with running_origin(certificates) as origin:
-        async with running_worker(config) as worker, _client(worker, certificates) as http:
+        async with running_worker(config) as worker, worker_client(worker, certificates) as http:
             body = origin.transaction(presence_edu(push(origin.user("a"), "unavailable")))
             txn_id = new_txn_id()
             assert (await send(http, origin, body, txn_id=txn_id)).status_code == 200
-        async with running_worker(config) as worker, _client(worker, certificates) as http:
+        async with running_worker(config) as worker, worker_client(worker, certificates) as http:
             assert (await presence_of(http, origin.user("a"))).json()["presence"] == "unavailable"
             # The dedup record is durable too: the same txn after restart is a repeat.
             again = origin.transaction(presence_edu(push(origin.user("a"), "online")))
             assert (await send(http, origin, again, txn_id=txn_id)).status_code == 200
             assert (await presence_of(http, origin.user("a"))).json()["presence"] == "unavailable"
-
-
-def _client(worker: RunningWorker, certificates: TlsCertificates) -> httpx.AsyncClient:
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(certificates.ca_path))
-    return httpx.AsyncClient(
-        base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
-    )
 
 
 @pytest.mark.parametrize("txn_id", ["nul%00id", "tab%09id"])

@@ -10,7 +10,6 @@ loopback whitelisted the same request is accepted.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from federation_presence.config import Config
 from federation_presence.worker import RunningWorker, running_worker
-from tests.integration.conftest import WORKER_NAME, worker_config
+from tests.integration.conftest import WORKER_NAME, worker_client, worker_config
 from tests.integration.origin import TestOrigin, presence_edu, running_origin
 from tests.integration.tls_peer import TlsCertificates
 
@@ -41,10 +40,7 @@ async def _send_presence(
     body = origin.transaction(
         presence_edu({"user_id": origin.user("a"), "presence": "online", "last_active_ago": 0})
     )
-    context = ssl.create_default_context(cafile=str(certificates.ca_path))
-    async with httpx.AsyncClient(
-        base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
-    ) as http:
+    async with worker_client(worker, certificates) as http:
         return await http.put(
             "/_matrix/federation/v1/send/t1",
             content=orjson.dumps(body),

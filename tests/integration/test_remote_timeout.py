@@ -7,11 +7,9 @@ is persisted and put on the presence stream like any other.
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 import anyio
-import httpx
 import orjson
 
 from federation_presence.clock import SystemClock
@@ -19,7 +17,7 @@ from federation_presence.ids import UserId
 from federation_presence.presence.states import PresenceState
 from federation_presence.worker import running_worker
 from tests.fakes import FakeClock
-from tests.integration.conftest import ADMIN_TOKEN, WORKER_NAME, worker_config
+from tests.integration.conftest import ADMIN_TOKEN, WORKER_NAME, worker_client, worker_config
 from tests.integration.origin import presence_edu, running_origin
 from tests.integration.tls_peer import TlsCertificates
 
@@ -31,13 +29,10 @@ async def test_a_remote_user_not_refreshed_goes_offline_and_onto_the_stream(
 ) -> None:
     config = worker_config(tmp_path, certificates)
     clock = FakeClock(start_ms=SystemClock().now_ms())  # near real time: the origin's key is valid
-    context = ssl.create_default_context(cafile=str(certificates.ca_path))
     async with (
         running_origin(certificates) as origin,
         running_worker(config, clock=clock) as worker,
-        httpx.AsyncClient(
-            base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
-        ) as http,
+        worker_client(worker, certificates) as http,
     ):
         alice = origin.user("alice")
         body = origin.transaction(

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-import ssl
 from pathlib import Path
 
 import anyio
-import httpx
 import orjson
 
 from federation_presence.clock import SystemClock
 from federation_presence.worker import running_worker
 from tests.fakes import FakeClock
-from tests.integration.conftest import WORKER_NAME, worker_config
+from tests.integration.conftest import WORKER_NAME, worker_client, worker_config
 from tests.integration.origin import running_origin
 from tests.integration.tls_peer import TlsCertificates
 
@@ -23,21 +20,13 @@ HOUR_MS = 3_600_000
 async def test_answers_older_than_the_retention_are_pruned(
     tmp_path: Path, certificates: TlsCertificates
 ) -> None:
-    config = dataclasses.replace(
-        worker_config(tmp_path, certificates),
-        federation=dataclasses.replace(
-            worker_config(tmp_path, certificates).federation,
-            txn_retention_ms=2 * HOUR_MS,  # not the default: the key is wired
-        ),
-    )
+    # Not the default retention (24 h), so the test shows the key is wired.
+    config = worker_config(tmp_path, certificates, txn_retention_ms=2 * HOUR_MS)
     clock = FakeClock(start_ms=SystemClock().now_ms())  # near real time: the origin's key is valid
-    context = ssl.create_default_context(cafile=str(certificates.ca_path))
     async with (
         running_origin(certificates) as origin,
         running_worker(config, clock=clock) as worker,
-        httpx.AsyncClient(
-            base_url=f"https://localhost:{worker.ports[0]}", verify=context, timeout=30
-        ) as http,
+        worker_client(worker, certificates) as http,
     ):
         received_ts = clock.now_ms()
         body = origin.transaction()
