@@ -8,6 +8,11 @@ its own time limit, and the store flushes and closes last.
 
 ``run`` is the blocking entry point of ``federation-presence run``: the same
 context, held until SIGINT or SIGTERM.
+
+Every listening socket is bound first, before the store is opened: an address
+in use is a ``ConfigError`` naming ``listeners[i].port`` (one line, exit 2),
+not uvicorn's ``sys.exit`` inside a task. Each listener serves with
+``TimedHttpProtocol`` (httptools, with header and body time limits).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -25,12 +31,15 @@ import httpx
 import uvicorn
 from anyio.abc import TaskStatus
 
-from federation_presence.api.app import App, Router
+from federation_presence.api.app import REFUSAL_LINES_PER_WINDOW, App, Router
 from federation_presence.api.client import ClientAuth, add_client_routes
 from federation_presence.api.federation import ServerKeyResponse, add_federation_routes
+from federation_presence.api.http_protocol import timed_protocol
 from federation_presence.api.ops import add_ops_routes
+from federation_presence.api.request_log import ThrottledLog
 from federation_presence.clock import Clock, SystemClock
 from federation_presence.config import Config, ListenerConfig
+from federation_presence.errors import ConfigError
 from federation_presence.federation.client import FederationClient
 from federation_presence.federation.inbound import InboundLimits, InboundTransactions
 from federation_presence.federation.ip_policy import IpPolicy
@@ -48,6 +57,7 @@ from federation_presence.store.base import Store
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+LISTEN_BACKLOG = 2048
 
 
 @dataclass
@@ -61,6 +71,8 @@ class RunningWorker:
     inbound: InboundTransactions
     metrics: Metrics
     ports: list[int] = field(default_factory=list)
+    # What each port serves, in the order of ``ports``: "http" or "https".
+    schemes: list[str] = field(default_factory=list)
 
 
 class _Server(uvicorn.Server):
@@ -71,17 +83,48 @@ class _Server(uvicorn.Server):
         yield
 
 
+def bind_listeners(config: Config) -> list[tuple[ListenerConfig, socket.socket]]:
+    """A listening socket per listener address; ``ConfigError`` if one cannot be bound."""
+    bound: list[tuple[ListenerConfig, socket.socket]] = []
+    try:
+        for index, listener in enumerate(config.listeners):
+            for host in listener.bind_addresses:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                try:
+                    sock = socket.create_server(
+                        (host, listener.port), family=family, backlog=LISTEN_BACKLOG
+                    )
+                except OSError as exc:
+                    where = f"[{host}]" if ":" in host else host
+                    raise ConfigError(
+                        f"listeners[{index}].port",
+                        f"cannot listen on {where}:{listener.port}: {exc.strerror or exc}",
+                        config.source,
+                    ) from None
+                bound.append((listener, sock))
+    except BaseException:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
 async def _serve_listener(
     app: App,
     listener: ListenerConfig,
-    host: str,
+    sock: socket.socket,
+    metrics: Metrics,
     *,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     config = uvicorn.Config(
         app,
-        host=host,
-        port=listener.port,
+        http=timed_protocol(
+            header_timeout_s=listener.header_timeout_ms / 1000,
+            body_timeout_s=listener.body_timeout_ms / 1000,
+            metrics=metrics,
+        ),
+        ws="none",
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -96,10 +139,8 @@ async def _serve_listener(
     server = _Server(config)
     config.load()
     server.lifespan = config.lifespan_class(config)
-    await server.startup()
-    if server.should_exit:
-        raise OSError(f"could not listen on {host}:{listener.port}")
-    port: int = server.servers[0].sockets[0].getsockname()[1]
+    await server.startup(sockets=[sock])
+    port: int = sock.getsockname()[1]
     task_status.started(port)
     try:
         await server.main_loop()
@@ -139,9 +180,19 @@ async def running_worker(
     server_name = ServerName(config.server_name)
     signing_key = load_or_generate_signing_key(config.signing_key_path)
     metrics = Metrics()
+    request_log = ThrottledLog(
+        logging.getLogger("federation_presence.api.app"),
+        clock,
+        lines_per_window=REFUSAL_LINES_PER_WINDOW,
+    )
+    sockets = bind_listeners(config)
     ip_policy = IpPolicy(config.federation.ip_range_blacklist, config.federation.ip_range_whitelist)
-    store = open_store(config.database)
-    await store.open()
+    try:
+        store = open_store(config.database)
+        await store.open()
+    except BaseException:
+        _close_all(sockets)
+        raise
     try:
         async with (
             ServerResolver(
@@ -201,22 +252,35 @@ async def running_worker(
             async with anyio.create_task_group() as tg:
                 await tg.start(keeper.run_timers)
                 await tg.start(inbound.run_txn_pruning)
-                for listener in config.listeners:
-                    app = App(
-                        build_router(
-                            config, inbound, keys, keeper, metrics, clock, listener.resources
-                        ),
-                        max_body_bytes=config.federation.max_request_body_bytes,
-                    )
-                    for host in listener.bind_addresses:
-                        worker.ports.append(await tg.start(_serve_listener, app, listener, host))
+                await tg.start(request_log.run_flush)
+                apps: dict[int, App] = {}
+                for listener, sock in sockets:
+                    app = apps.get(id(listener))
+                    if app is None:
+                        app = apps[id(listener)] = App(
+                            build_router(
+                                config, inbound, keys, keeper, metrics, clock, listener.resources
+                            ),
+                            max_body_bytes=config.federation.max_request_body_bytes,
+                            metrics=metrics,
+                            request_log=request_log,
+                        )
+                    port = await tg.start(_serve_listener, app, listener, sock, metrics)
+                    worker.ports.append(port)
+                    worker.schemes.append("https" if listener.tls_certificate_path else "http")
                 try:
                     yield worker
                 finally:
                     tg.cancel_scope.cancel()
     finally:
+        _close_all(sockets)
         with anyio.CancelScope(shield=True):
             await store.close()
+
+
+def _close_all(sockets: list[tuple[ListenerConfig, socket.socket]]) -> None:
+    for _, sock in sockets:
+        sock.close()
 
 
 # Garbage-collector policy of the serving process (not of tests). The worker
@@ -243,8 +307,7 @@ def run(config: Config) -> int:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with running_worker(config) as worker:
                 tune_gc()
-                scheme = "https" if _any_tls(config) else "http"
-                for port in worker.ports:
+                for port, scheme in zip(worker.ports, worker.schemes, strict=True):
                     logger.info(
                         "federation-presence for %s serving %s on port %d",
                         worker.server_name,
@@ -265,6 +328,3 @@ def run(config: Config) -> int:
         return 1
     return 0
 
-
-def _any_tls(config: Config) -> bool:
-    return any(listener.tls_certificate_path for listener in config.listeners)
