@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -98,7 +99,7 @@ def bind_listeners(config: Config) -> list[tuple[ListenerConfig, socket.socket]]
                     where = f"[{host}]" if ":" in host else host
                     raise ConfigError(
                         f"listeners[{index}].port",
-                        f"cannot listen on {where}:{listener.port}: {exc.strerror or exc}",
+                        f"cannot listen on {where}:{listener.port}: {_reason(exc)}",
                         config.source,
                     ) from None
                 bound.append((listener, sock))
@@ -276,6 +277,14 @@ async def running_worker(
         _close_all(sockets)
         with anyio.CancelScope(shield=True):
             await store.close()
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words for ``exc`` (``create_server`` appends the address to them)."""
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    # Name resolution (negative EAI_* codes): the resolver's words, without the address.
+    return (exc.strerror or str(exc)).partition(" (while attempting")[0]
 
 
 def _close_all(sockets: list[tuple[ListenerConfig, socket.socket]]) -> None:

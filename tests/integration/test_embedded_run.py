@@ -20,6 +20,8 @@ from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import verify_signed_json
 from unpaddedbase64 import decode_base64
 
+from tests.integration.checkout import checkout_env
+
 DEFAULT_PORT = 8448
 DEFAULT_NAME = "localhost:8448"
 
@@ -38,6 +40,7 @@ def _port_is_free(port: int) -> bool:
 def _spawn(workdir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "federation_presence", "run"],
+        env=checkout_env(),
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
