@@ -243,12 +243,12 @@ class App:
         try:
             body = await self._read_body(headers, receive)
         except PeerError as error:
-            # A 413 on Content-Length has read nothing: up to twice the limit
-            # is drained; one while streaming has read the limit: as much again.
-            drained = error.status == 413 and await self._drain(
-                headers, receive, 2 * self._max_body_bytes
-            )
-            return self._refuse(request, error), not drained
+            if error.status == 413:
+                # On Content-Length nothing was read: up to twice the limit is
+                # drained; while streaming the limit was read: as much again.
+                # Drained or not, the connection closes: its sender overdid it.
+                await self._drain(headers, receive, 2 * self._max_body_bytes)
+            return self._refuse(request, error), True
         query_bytes: bytes = scope.get("query_string", b"")
         query_string = query_bytes.decode("latin-1")
         request = Request(
