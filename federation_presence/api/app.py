@@ -25,7 +25,8 @@ Invariants:
   exception is answered 500 ``M_UNKNOWN`` (a bug, never an input), a
   ``StoreError`` 503 with ``Retry-After``. Both are logged through a
   ``ThrottledLog``: each exception class with its traceback the first time,
-  then one line per window and a count, so an outage cannot fill the disk.
+  then at most one line per window and a count of the rest, so an outage
+  under load is a line every ten seconds, not one per request.
 * Every answer of 400 or more is counted in
   ``federation_presence_http_refusals{status, errcode}`` (labels bounded) and
   gets one concise, rate-limited log line: method, path, client, origin and
@@ -368,7 +369,7 @@ class App:
     def _log_failure(self, request: Request, exc: Exception, what: str) -> None:
         """A failure while answering: traceback once per class, then throttled lines."""
         name = type(exc).__name__
-        if not self._log.allow(f"{what}s ({name})", logging.ERROR):
+        if not self._log.allow(f"{what}s ({name})", logging.ERROR, lines=1):
             return
         first = name not in self._traced
         self._traced.add(name)

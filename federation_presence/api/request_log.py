@@ -6,7 +6,8 @@ summarised later as ``N more <kind> in the last Xs``.
 
 Invariants:
 
-* Per kind, at most ``lines_per_window`` lines are written per window of
+* Per kind, at most ``lines_per_window`` lines (or the kind's own budget,
+  given to ``allow``) are written per window of
   ``window_s`` seconds; whatever else happens in that window is one summary
   line, written when the window is over (by the next event of that kind or by
   ``flush``, which ``run_flush`` calls once a window).
@@ -65,8 +66,12 @@ class ThrottledLog:
     def window_s(self) -> float:
         return self._window_s
 
-    def allow(self, kind: str, level: int = logging.INFO) -> bool:
-        """Whether a line of ``kind`` may be written now (else it is counted)."""
+    def allow(self, kind: str, level: int = logging.INFO, lines: int | None = None) -> bool:
+        """Whether a line of ``kind`` may be written now (else it is counted).
+
+        ``lines`` overrides ``lines_per_window`` for this kind (e.g. 1 for
+        failures whose every occurrence says the same).
+        """
         now = self._clock.monotonic()
         window = self._windows.get(kind)
         if window is None:
@@ -79,7 +84,7 @@ class ThrottledLog:
             self._summarise(kind, window, now)
             window.started, window.written = now, 0
         window.level = max(window.level, level)
-        if window.written < self._lines_per_window:
+        if window.written < (self._lines_per_window if lines is None else lines):
             window.written += 1
             return True
         window.suppressed += 1

@@ -75,9 +75,7 @@ def _small_limit(config: Config, **listener: object) -> Config:
 
 
 @pytest.fixture
-async def small_worker(
-    config: Config, origin: TestOrigin
-) -> AsyncIterator[RunningWorker]:
+async def small_worker(config: Config, origin: TestOrigin) -> AsyncIterator[RunningWorker]:
     async with running_worker(_small_limit(config)) as running:
         yield running
 
