@@ -36,7 +36,7 @@ from federation_presence.api.client import ClientAuth, add_client_routes
 from federation_presence.api.federation import ServerKeyResponse, add_federation_routes
 from federation_presence.api.http_protocol import timed_protocol
 from federation_presence.api.ops import add_ops_routes
-from federation_presence.api.request_log import ThrottledLog
+from federation_presence.api.request_log import ThrottledLog, ThrottlingFilter
 from federation_presence.clock import Clock, SystemClock
 from federation_presence.config import Config, ListenerConfig
 from federation_presence.errors import ConfigError
@@ -211,6 +211,9 @@ async def running_worker(
     except BaseException:
         _close_all(sockets)
         raise
+    # uvicorn warns once per malformed request: a flood must not fill the disk.
+    uvicorn_filter = ThrottlingFilter(request_log, "uvicorn")
+    logging.getLogger("uvicorn.error").addFilter(uvicorn_filter)
     try:
         async with (
             ServerResolver(
@@ -291,6 +294,7 @@ async def running_worker(
                 finally:
                     tg.cancel_scope.cancel()
     finally:
+        logging.getLogger("uvicorn.error").removeFilter(uvicorn_filter)
         _close_all(sockets)
         with anyio.CancelScope(shield=True):
             await store.close()

@@ -30,7 +30,7 @@ from anyio.abc import TaskStatus
 
 from federation_presence.clock import Clock
 
-__all__ = ["OVERFLOW_KIND", "ThrottledLog"]
+__all__ = ["OVERFLOW_KIND", "ThrottledLog", "ThrottlingFilter"]
 
 OVERFLOW_KIND = "other events"
 
@@ -120,3 +120,20 @@ class ThrottledLog:
                 now - window.started,
             )
             window.suppressed = 0
+
+
+class ThrottlingFilter(logging.Filter):
+    """Passes another logger's records within a ``ThrottledLog``'s budget.
+
+    For loggers we do not write to ourselves (uvicorn's: one warning per
+    malformed request); the kind is the record's message template.
+    """
+
+    def __init__(self, throttled: ThrottledLog, source: str) -> None:
+        super().__init__()
+        self._throttled = throttled
+        self._source = source
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        template = " ".join(str(record.msg).split())[:80]
+        return self._throttled.allow(f"{self._source} warnings ({template})", record.levelno)

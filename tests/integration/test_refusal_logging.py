@@ -12,9 +12,11 @@ The worker runs on a ``FakeClock``: log windows end when the test says so.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import orjson
 import pytest
@@ -153,3 +155,34 @@ async def test_a_store_outage_is_503_with_retry_after_and_a_handful_of_lines(
     )
     assert store_failures == 200
     assert _refusals(worker, 503, "M_UNKNOWN") == 200
+
+
+async def test_a_flood_of_malformed_requests_is_a_bounded_number_of_uvicorn_lines(
+    worker: RunningWorker,
+    certificates: TlsCertificates,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    context = ssl.create_default_context(cafile=str(certificates.ca_path))
+    with caplog.at_level(logging.INFO):
+        for _ in range(60):
+            stream = await anyio.connect_tcp(
+                "localhost",
+                worker.ports[0],
+                tls=True,
+                ssl_context=context,
+                tls_standard_compatible=False,
+            )
+            async with stream:
+                await stream.send(b"NOT HTTP AT ALL\r\n\r\n")
+                with anyio.fail_after(10):
+                    assert (await stream.receive()).startswith(b"HTTP/1.1 400 ")
+        await clock.advance(WINDOW_MS)
+
+    uvicorn_lines = [r for r in caplog.records if r.name == "uvicorn.error"]
+    assert len(uvicorn_lines) == REFUSAL_LINES_PER_WINDOW
+    summaries = [r.getMessage() for r in _app_lines(caplog)]
+    assert summaries == [
+        f"{60 - REFUSAL_LINES_PER_WINDOW} more uvicorn warnings"
+        " (Invalid HTTP request received.) in the last 10s"
+    ]
