@@ -28,7 +28,7 @@ Invariants:
 
 Synapse habits accepted on purpose: ``database.name: psycopg2`` as an alias of
 ``postgres``, ``database.args.dbname`` for ``database``, ``database.args``
-``cp_min``/``cp_max``, Synapse-style listener ``resources: [{names: [...],
+``cp_min``/``cp_max`` (kept, not used yet), Synapse-style listener ``resources: [{names: [...],
 compress: false}]`` and listener keys ``type: http``, ``tls``, ``x_forwarded``,
 and ``presence.presence_router`` as an alias of the top-level ``presence_router``.
 """
@@ -615,8 +615,8 @@ def _resources(section: _Section) -> frozenset[str]:
     return frozenset(str(name) for _, name in names)
 
 
-_SQLITE_ARGS = ("database",)
 _POOL_ARGS = ("cp_min", "cp_max")  # Synapse's pool bounds, not part of the DSN
+_SQLITE_ARGS = ("database", *_POOL_ARGS)
 _POSTGRES_ARGS = ("user", "password", "host", "port", "database", "dbname", "dsn", *_POOL_ARGS)
 
 
@@ -626,21 +626,30 @@ def _database(value: object, source: str | None) -> DatabaseConfig:
     if name == "sqlite3":
         args = _Section(section.get("args"), "database.args", source, _SQLITE_ARGS)
         synchronous = section.choice("synchronous", "full", ("full", "normal"))
+        cp_min, cp_max = _pool_bounds(args)
         return DatabaseConfig(
             name="sqlite3",
             path=args.path_value("database", DatabaseConfig().path),
             synchronous="normal" if synchronous == "normal" else "full",
+            cp_min=cp_min,
+            cp_max=cp_max,
         )
     if section.has("synchronous"):
         raise section.error("synchronous", "applies only to sqlite3 (PostgreSQL always fsyncs)")
     if not section.has("args"):
         raise section.error("args", "required for postgres: give dsn, or database and the rest")
     args = _Section(section.get("args"), "database.args", source, _POSTGRES_ARGS)
+    cp_min, cp_max = _pool_bounds(args)
+    return DatabaseConfig(name="postgres", dsn=_postgres_dsn(args), cp_min=cp_min, cp_max=cp_max)
+
+
+def _pool_bounds(args: _Section) -> tuple[int | None, int | None]:
+    """Synapse's ``cp_min``/``cp_max``: checked and kept (SQLite has one writer anyway)."""
     cp_min = args.integer("cp_min", 1, 1) if args.has("cp_min") else None
     cp_max = args.integer("cp_max", 1, 1) if args.has("cp_max") else None
     if cp_min is not None and cp_max is not None and cp_min > cp_max:
         raise args.error("cp_min", f"must not exceed cp_max ({cp_max}), got {cp_min}")
-    return DatabaseConfig(name="postgres", dsn=_postgres_dsn(args), cp_min=cp_min, cp_max=cp_max)
+    return cp_min, cp_max
 
 
 def _postgres_dsn(args: _Section) -> str:
