@@ -55,6 +55,8 @@ class ThrottledLog:
         window_s: float = 10.0,
         max_kinds: int = 64,
     ) -> None:
+        if max_kinds < 2:
+            raise ValueError("max_kinds must leave room for one kind and the overflow")
         self._logger = logger
         self._clock = clock
         self._lines_per_window = lines_per_window
@@ -66,6 +68,11 @@ class ThrottledLog:
     def window_s(self) -> float:
         return self._window_s
 
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The kinds being tracked now (at most ``max_kinds``)."""
+        return frozenset(self._windows)
+
     def allow(self, kind: str, level: int = logging.INFO, lines: int | None = None) -> bool:
         """Whether a line of ``kind`` may be written now (else it is counted).
 
@@ -75,7 +82,7 @@ class ThrottledLog:
         now = self._clock.monotonic()
         window = self._windows.get(kind)
         if window is None:
-            if len(self._windows) >= self._max_kinds:
+            if len(self._windows) >= self._max_kinds - 1:  # one slot kept for overflow
                 kind = OVERFLOW_KIND
                 window = self._windows.get(kind)
             if window is None:
