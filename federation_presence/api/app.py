@@ -221,26 +221,18 @@ class App:
             for key, value in scope["headers"]
         )
         client = scope.get("client")
-        request = Request(
-            method=method,
-            path=path,
-            uri=raw_path_str,
-            query={},
-            headers=headers,
-            body=b"",
-            client=client[0] if client else None,
-        )
+        client_host = client[0] if client else None
         found = self._router.find(raw_path_str)
         if found is None:
             error = PeerError(404, "M_UNRECOGNIZED", "Unrecognized request")
             drained = await self._drain(headers, receive, self._max_body_bytes)
-            return self._refuse(request, error), not drained
+            return self._refuse(_unread(method, path, headers, client_host), error), not drained
         methods, path_param = found
         handler = methods.get(method)
         if handler is None:
             error = PeerError(405, "M_UNRECOGNIZED", "Method not allowed")
             drained = await self._drain(headers, receive, self._max_body_bytes)
-            return self._refuse(request, error), not drained
+            return self._refuse(_unread(method, path, headers, client_host), error), not drained
         try:
             body = await self._read_body(headers, receive)
         except PeerError as error:
@@ -249,7 +241,7 @@ class App:
                 # drained; while streaming the limit was read: as much again.
                 # Drained or not, the connection closes: its sender overdid it.
                 await self._drain(headers, receive, 2 * self._max_body_bytes)
-            return self._refuse(request, error), True
+            return self._refuse(_unread(method, path, headers, client_host), error), True
         query_bytes: bytes = scope.get("query_string", b"")
         query_string = query_bytes.decode("latin-1")
         request = Request(
@@ -260,7 +252,7 @@ class App:
             headers=headers,
             body=body,
             path_param=path_param,
-            client=request.client,
+            client=client_host,
         )
         try:
             response = await handler(request)
@@ -383,6 +375,13 @@ class App:
             "" if first else " (traceback logged at its first occurrence)",
             exc_info=exc if first else None,
         )
+
+
+def _unread(
+    method: str, path: str, headers: tuple[tuple[str, str], ...], client: str | None
+) -> Request:
+    """What a refusal before the handler knows of its request (for the log line)."""
+    return Request(method, path, path, {}, headers, b"", client=client)
 
 
 def _clip(text: str) -> str:
