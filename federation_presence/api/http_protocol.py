@@ -16,9 +16,11 @@ answer yet, or its sender is too slow to read one); a request task waiting for
 the body sees ``http.disconnect``. Each firing is counted in
 ``federation_presence_http_timeouts{phase}``.
 
-It also arms uvicorn's keep-alive timer when a request body ends *after* its
-response was sent (uvicorn arms it only when the response completes, and
-cancels it on every byte received, so such a connection had no timer left).
+Between requests, uvicorn's own keep-alive timer bounds an idle connection.
+(uvicorn arms it when a response completes and cancels it on every byte
+received; a body still arriving after its response would leave no timer,
+which is why ``App`` answers a refused request only after draining its body,
+or closes the connection.)
 
 Why the loop's ``call_later`` and not ``Clock``: these are transport-level
 callbacks, exactly like uvicorn's own keep-alive timer, and must not cost a
@@ -68,13 +70,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
-        response_was_sent = self.cycle is not None and self.cycle.response_complete
         super().on_message_complete()
-        if response_was_sent and not self.pipeline and not self.transport.is_closing():
-            self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
 
     def _arm(self, phase: str, delay_s: float) -> None:
         self._disarm()
