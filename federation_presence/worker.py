@@ -140,9 +140,8 @@ async def running_worker(
     signing_key = load_or_generate_signing_key(config.signing_key_path)
     metrics = Metrics()
     ip_policy = IpPolicy(config.federation.ip_range_blacklist, config.federation.ip_range_whitelist)
-    store = open_store(config.database)
-    await store.open()
-    try:
+    store = open_store(config.database, txn_retention_ms=config.federation.txn_retention_ms)
+    async with _running_store(store):
         async with (
             ServerResolver(
                 clock,
@@ -214,9 +213,29 @@ async def running_worker(
                     yield worker
                 finally:
                     tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _running_store(store: Store) -> AsyncIterator[None]:
+    """``store.run`` as the child of a task group that outlives every other part.
+
+    The servers shut down first (shielded, in-flight requests finish and
+    write); then this group is cancelled and the store writes what is queued
+    and closes (``Store.run``). An error of the body leaves as itself, not
+    wrapped in an ``ExceptionGroup``, so ``run`` can still report a port in
+    use or a TLS mistake in one line.
+    """
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        try:
+            yield
+        except Exception as exc:
+            failure = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 # Garbage-collector policy of the serving process (not of tests). The worker

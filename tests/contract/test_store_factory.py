@@ -21,6 +21,8 @@ class DatabaseConfig:
     path: Path = Path("presence.db")
     dsn: str | None = None
     synchronous: str = "full"
+    apply_timeout_ms: int = 10_000
+    txn_filter_capacity: int = 10_000_000
 
 
 def test_sqlite3_config_gives_a_sqlite_store_with_its_synchronous_mode() -> None:
