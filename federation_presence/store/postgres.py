@@ -53,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import asyncpg
 from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint
 
 from federation_presence.errors import StoreError
 from federation_presence.ids import DeviceId, UserId
@@ -506,7 +507,11 @@ class PostgresStore:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._write_pending(MAX_GROUP_WRITES)
+            # A group in flight is finished, not cut off, when the owner
+            # cancels (``run`` then writes the rest); bounded all the same.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout_s):
+                await self._write_pending(MAX_GROUP_WRITES)
+            await checkpoint()  # where the owner's cancellation gets in
 
     async def _write_pending(self, limit: int | None = None) -> None:
         """Write what is queued, ``limit`` calls a group (None: all, group after group)."""

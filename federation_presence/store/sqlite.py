@@ -16,8 +16,9 @@ event loop never touches SQLite. The loop talks to it through one FIFO
   drain; a future whose caller was cancelled or timed out is skipped (its
   write may still have happened, as with any request cut off mid-flight).
 * A prune (``prune_txns``) is a ``SeparateWrite``: its own bounded
-  transaction, run after the round's group committed and its callers were
-  answered, like the folds. It never shares a commit with ``/send`` writes,
+  transaction, queued after the group of its event-loop iteration and run
+  after the round's group committed and its callers were answered, like the
+  folds. It never shares a commit with ``/send`` writes,
   so it neither delays their answer nor fails with them (SQLite has one
   writer at a time, so a second connection would only wait for the lock).
 * Every caller's wait is bounded by ``apply_timeout_s`` (``deadline``).
@@ -210,6 +211,7 @@ class SqliteStore:
         self._txn_filter: TxnFilter | None = None
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._pending: list[Write] = []
+        self._separate: list[SeparateWrite] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -303,8 +305,14 @@ class SqliteStore:
     async def prune_txns(self, older_than_ts: int, limit: int = PRUNE_BATCH_ROWS) -> int:
         txn_filter = self._txn_filter
         emptied = () if txn_filter is None else txn_filter.prunable(older_than_ts)
-        fut: asyncio.Future[int] = self._running_loop().create_future()
-        self._queue.put(SeparateWrite(lambda conn: sql.prune_txns(conn, older_than_ts, limit), fut))
+        loop = self._running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._separate.append(
+            SeparateWrite(lambda conn: sql.prune_txns(conn, older_than_ts, limit), fut)
+        )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         pruned = await answer_within(fut, self.apply_timeout_s, "a prune", self.stats)
         if txn_filter is not None and pruned < limit:
             # Only a prune that reached the cutoff may forget whole generations.
@@ -343,6 +351,11 @@ class SqliteStore:
         if self._pending:
             group, self._pending = self._pending, []
             self._queue.put(group)
+        if self._separate:
+            # after the group: the thread answers the group's callers first
+            separate, self._separate = self._separate, []
+            for item in separate:
+                self._queue.put(item)
 
     async def _read(self, fn: Callable[[Any], T], *, presence: bool = False) -> T:
         fut: asyncio.Future[T] = self._running_loop().create_future()

@@ -14,6 +14,7 @@ does not close a store has it closed when that group is cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import uuid
@@ -76,6 +77,30 @@ class Database:
         finally:
             await conn.close()
 
+    @contextlib.asynccontextmanager
+    async def write_lock_held(self) -> AsyncIterator[None]:
+        """Another connection holds the write lock of every table (SQLite: of
+        the file) until the block ends: the stores' writes stall, reads go on."""
+        if self.path is not None:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+            return
+        pg = await asyncpg.connect(POSTGRES_DSN, server_settings={"search_path": self.schema})
+        try:
+            async with pg.transaction():
+                await pg.execute(
+                    "LOCK TABLE user_presence, device_presence, inbound_txns, server_keys,"
+                    " stream_positions, destination_txn_ids IN EXCLUSIVE MODE"
+                )
+                yield
+        finally:
+            await pg.close()
+
     def location(self) -> str:
         """The argument ``child_writer.py`` takes to find this database."""
         return str(self.path) if self.path is not None else str(self.schema)
@@ -106,6 +131,20 @@ async def database(store_backend: str, tmp_path: Path) -> AsyncIterator[Database
             yield Database("sqlite", tg, path=tmp_path / "presence.db")
             tg.cancel_scope.cancel()
         return
+    schema = f"fp_contract_{uuid.uuid4().hex[:16]}"
+    admin = await _postgres_connection()
+    try:
+        async with anyio.create_task_group() as tg:
+            yield Database("postgres", tg, schema=schema)
+            tg.cancel_scope.cancel()
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await admin.close()
+
+
+@pytest.fixture
+async def postgres_database() -> AsyncIterator[Database]:
+    """A ``Database`` on PostgreSQL only, for what only PostgreSQL can show."""
     schema = f"fp_contract_{uuid.uuid4().hex[:16]}"
     admin = await _postgres_connection()
     try:
