@@ -29,7 +29,8 @@ Invariants every implementation keeps:
 * Every driver error leaves as ``StoreError`` (``raise ... from exc``); a
   database written by a newer program is refused with ``SchemaTooNewError``.
 * Every wait of a caller is bounded (``apply_timeout_s``): past it the caller
-  gets ``StoreError``; the write stays queued and may still commit later.
+  gets ``StoreError``; the write stays queued and may still commit later (a
+  PostgreSQL prune, on a connection of its own, is rolled back instead).
 * ``prune_txns`` runs in a transaction of its own, never in a ``/send``
   group commit: a prune neither delays those writes' commit nor fails with
   them.

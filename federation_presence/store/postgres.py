@@ -312,7 +312,8 @@ class PostgresStore:
         )
 
     async def _migrate(self, conn: Any, schema: str) -> None:
-        migrations = load_migrations("postgres")
+        # the migration files are read off the loop
+        migrations = await anyio.to_thread.run_sync(load_migrations, "postgres")
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key("migrate", schema))
             await conn.execute(SCHEMA_VERSION_DDL)

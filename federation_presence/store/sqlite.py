@@ -264,7 +264,8 @@ class SqliteStore:
         # waits for the thread to fold and close: no timeout, the file must
         # be left consistent (a fold chunk is bounded, see the module doc)
         await stopped
-        self._thread.join()
+        # the thread is past its last statement; join it off the loop
+        await anyio.to_thread.run_sync(self._thread.join)
 
     # -- the Store protocol ---------------------------------------------------
 

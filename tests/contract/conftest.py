@@ -18,7 +18,7 @@ import contextlib
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,18 @@ from anyio.abc import TaskGroup
 
 from federation_presence.store.postgres import PostgresStore
 from federation_presence.store.sqlite import SqliteStore
+from tests.blocking import blocking_calls_refused
 
 POSTGRES_DSN = os.environ.get("FP_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 AnyStore = SqliteStore | PostgresStore
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_loop() -> Iterator[None]:
+    """Every test here runs under the blocking-call detector (``tests/blocking.py``)."""
+    with blocking_calls_refused():
+        yield
 
 
 @pytest.fixture(scope="module")
