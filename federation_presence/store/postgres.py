@@ -227,6 +227,9 @@ class PostgresStore:
         try:
             await self._open()
         except BaseException:
+            with anyio.CancelScope(shield=True):  # also when cancelled while opening
+                self._closed = True
+                await self._close_connections()
             self._writer_done.set()
             raise
         self._writing = True
@@ -555,6 +558,11 @@ class PostgresStore:
         except BaseException as exc:
             # a cancellation (the owner's group, at shutdown) fails the group too
             self.stats.failed_batches += 1
+            if not isinstance(exc, asyncpg.PostgresError) and self._conn is not None:
+                # not the data's fault: the connection may be half-way through
+                # something; the next group starts on a new one
+                self._conn.terminate()
+                self._conn = None
             for w in group:
                 if not w.fut.done():
                     error = StoreError(f"write transaction failed on {self._where}: {exc!r}")

@@ -239,6 +239,8 @@ class SqliteStore:
             self._txn_filter = await opened
         except BaseException:
             self._closed = True
+            # cancelled while the thread was opening: it stops once it has
+            self._queue.put(_Stop(loop.create_future()))
             raise
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
