@@ -68,7 +68,7 @@ from federation_presence.store.base import (
     StreamRow,
 )
 from federation_presence.store.batch import USER_COLUMNS, coalesce, count_notified
-from federation_presence.store.deadline import answer_within
+from federation_presence.store.deadline import CallerDeadlines
 from federation_presence.store.schema import (
     CURRENT_VERSION_SQL,
     SCHEMA_VERSION_DDL,
@@ -202,6 +202,7 @@ class PostgresStore:
         self.apply_timeout_s = apply_timeout_s
         self.close_timeout_s = close_timeout_s
         self.stats = StoreStats()
+        self._deadlines = CallerDeadlines(apply_timeout_s, self.stats)
         self._txn_filter: TxnFilter | None = None
         self._where = redact_dsn(dsn) + (f" (schema {schema})" if schema else "")
         self._settings = {"search_path": _quote_ident(schema)} if schema else {}
@@ -346,7 +347,7 @@ class PostgresStore:
             self._txn_filter.add(txn.origin, txn.txn_id, txn.received_ts)
         self._pending.append(_ApplyWrite(outcome, txn, fut))
         self._wakeup.set()
-        return await answer_within(fut, self.apply_timeout_s, "a store write", self.stats)
+        return await self._deadlines.answer(fut, "a store write")
 
     async def load_users(self) -> list[UserPresence]:
         return [_user(r) for r in await self._fetch(_SELECT_USER)]
@@ -486,7 +487,7 @@ class PostgresStore:
         fut: asyncio.Future[T] = self._loop_if_open().create_future()
         self._pending.append(_CallWrite(fn, fut))
         self._wakeup.set()
-        return await answer_within(fut, self.apply_timeout_s, "a store write", self.stats)
+        return await self._deadlines.answer(fut, "a store write")
 
     async def _separate_write(self, fn: Callable[[Any], Awaitable[T]], what: str) -> T:
         """``fn`` in a transaction of its own on a pool connection, beside the writer."""

@@ -124,7 +124,7 @@ from federation_presence.store.base import (
     StoreStats,
     StreamRow,
 )
-from federation_presence.store.deadline import answer_within
+from federation_presence.store.deadline import CallerDeadlines
 from federation_presence.store.journal import (
     DEFAULT_FOLD_CHANGES,
     DEFAULT_FOLD_WRITES,
@@ -207,6 +207,7 @@ class SqliteStore:
         self.txn_retention_ms = txn_retention_ms
         self.apply_timeout_s = apply_timeout_s
         self.stats = StoreStats()
+        self._deadlines = CallerDeadlines(apply_timeout_s, self.stats)
         self._on_fold = on_fold
         self._txn_filter: TxnFilter | None = None
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
@@ -281,7 +282,7 @@ class SqliteStore:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await answer_within(fut, self.apply_timeout_s, "a store write", self.stats)
+        return await self._deadlines.answer(fut, "a store write")
 
     async def load_users(self) -> list[UserPresence]:
         return await self._read(sql.load_users, presence=True)
@@ -316,7 +317,7 @@ class SqliteStore:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        pruned = await answer_within(fut, self.apply_timeout_s, "a prune", self.stats)
+        pruned = await self._deadlines.answer(fut, "a prune")
         if txn_filter is not None and pruned < limit:
             # Only a prune that reached the cutoff may forget whole generations.
             txn_filter.drop(emptied)
@@ -363,7 +364,7 @@ class SqliteStore:
     async def _read(self, fn: Callable[[Any], T], *, presence: bool = False) -> T:
         fut: asyncio.Future[T] = self._running_loop().create_future()
         self._queue.put(Read(fn, fut, presence))
-        return await answer_within(fut, self.apply_timeout_s, "a store read", self.stats)
+        return await self._deadlines.answer(fut, "a store read")
 
     async def _call_write(self, fn: Callable[[Any], T]) -> T:
         loop = self._running_loop()
@@ -372,7 +373,7 @@ class SqliteStore:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await answer_within(fut, self.apply_timeout_s, "a store write", self.stats)
+        return await self._deadlines.answer(fut, "a store write")
 
     def _deliver(self, settled: Settled, reports: list[FoldReport]) -> None:
         for fut, value, exc in settled:
