@@ -139,7 +139,6 @@ async def test_the_txn_filter_expires_by_time_under_a_sustained_rate(database: D
         stored = NOW_TS + step * step_ms >= last_cutoff
         expected = ANSWER if stored else None
         assert await store.get_txn_response("remote", f"{step}-0") == expected, step
-    assert txn_filter.generations_in_use < txn_filter.generations + 1
     filtered = store.stats.txn_lookups_filtered
     for n in range(500):
         assert await store.get_txn_response("remote", f"unknown{n}") is None
