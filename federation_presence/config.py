@@ -54,6 +54,7 @@ from federation_presence.errors import ConfigError
 from federation_presence.federation.ip_policy import DEFAULT_IP_RANGE_BLACKLIST, ip_range_problem
 from federation_presence.ids import parse_server_name
 from federation_presence.presence.model import PresenceSettings
+from federation_presence.store import DEFAULT_APPLY_TIMEOUT_MS, DEFAULT_TXN_FILTER_CAPACITY
 
 __all__ = [
     "RESOURCE_NAMES",
@@ -94,6 +95,8 @@ class DatabaseConfig:
     # store does not size its pool from them yet.
     cp_min: int | None = None
     cp_max: int | None = None
+    apply_timeout_ms: int = DEFAULT_APPLY_TIMEOUT_MS
+    txn_filter_capacity: int = DEFAULT_TXN_FILTER_CAPACITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,13 +619,17 @@ def _resources(section: _Section) -> frozenset[str]:
 
 
 _POOL_ARGS = ("cp_min", "cp_max")  # Synapse's pool bounds, not part of the DSN
+_DATABASE_KEYS = ("name", "args", "synchronous")
+_STORE_KEYS = ("apply_timeout", "txn_filter_capacity")
 _SQLITE_ARGS = ("database", *_POOL_ARGS)
 _POSTGRES_ARGS = ("user", "password", "host", "port", "database", "dbname", "dsn", *_POOL_ARGS)
 
 
 def _database(value: object, source: str | None) -> DatabaseConfig:
-    section = _Section(value, "database", source, ("name", "args", "synchronous"))
+    section = _Section(value, "database", source, (*_DATABASE_KEYS, *_STORE_KEYS))
     name = section.choice("name", "sqlite3", ("sqlite3", "postgres", "psycopg2"))
+    apply_timeout_ms = section.duration("apply_timeout", DEFAULT_APPLY_TIMEOUT_MS)
+    txn_filter_capacity = section.integer("txn_filter_capacity", DEFAULT_TXN_FILTER_CAPACITY, 0)
     if name == "sqlite3":
         args = _Section(section.get("args"), "database.args", source, _SQLITE_ARGS)
         synchronous = section.choice("synchronous", "full", ("full", "normal"))
@@ -633,6 +640,8 @@ def _database(value: object, source: str | None) -> DatabaseConfig:
             synchronous="normal" if synchronous == "normal" else "full",
             cp_min=cp_min,
             cp_max=cp_max,
+            apply_timeout_ms=apply_timeout_ms,
+            txn_filter_capacity=txn_filter_capacity,
         )
     if section.has("synchronous"):
         raise section.error("synchronous", "applies only to sqlite3 (PostgreSQL always fsyncs)")
@@ -640,7 +649,14 @@ def _database(value: object, source: str | None) -> DatabaseConfig:
         raise section.error("args", "required for postgres: give dsn, or database and the rest")
     args = _Section(section.get("args"), "database.args", source, _POSTGRES_ARGS)
     cp_min, cp_max = _pool_bounds(args)
-    return DatabaseConfig(name="postgres", dsn=_postgres_dsn(args), cp_min=cp_min, cp_max=cp_max)
+    return DatabaseConfig(
+        name="postgres",
+        dsn=_postgres_dsn(args),
+        cp_min=cp_min,
+        cp_max=cp_max,
+        apply_timeout_ms=apply_timeout_ms,
+        txn_filter_capacity=txn_filter_capacity,
+    )
 
 
 def _pool_bounds(args: _Section) -> tuple[int | None, int | None]:

@@ -203,18 +203,10 @@ async def running_worker(
         clock,
         lines_per_window=REFUSAL_LINES_PER_WINDOW,
     )
+    store = open_store(config.database, txn_retention_ms=config.federation.txn_retention_ms)
     sockets = bind_listeners(config)
     ip_policy = IpPolicy(config.federation.ip_range_blacklist, config.federation.ip_range_whitelist)
-    try:
-        store = open_store(config.database)
-        await store.open()
-    except BaseException:
-        _close_all(sockets)
-        raise
-    # uvicorn warns once per malformed request: a flood must not fill the disk.
-    uvicorn_filter = ThrottlingFilter(request_log, "uvicorn")
-    logging.getLogger("uvicorn.error").addFilter(uvicorn_filter)
-    try:
+    async with _listening(sockets, request_log), _running_store(store):
         async with (
             ServerResolver(
                 clock,
@@ -293,11 +285,44 @@ async def running_worker(
                     yield worker
                 finally:
                     tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _running_store(store: Store) -> AsyncIterator[None]:
+    """``store.run`` as the child of a task group that outlives every other part.
+
+    The servers shut down first (shielded, in-flight requests finish and
+    write); then this group is cancelled and the store writes what is queued
+    and closes (``Store.run``). An error of the body leaves as itself, not
+    wrapped in an ``ExceptionGroup``, so ``run`` can still report a port in
+    use or a TLS mistake in one line.
+    """
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        try:
+            yield
+        except Exception as exc:
+            failure = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+@contextlib.asynccontextmanager
+async def _listening(
+    sockets: list[tuple[ListenerConfig, socket.socket]], request_log: ThrottledLog
+) -> AsyncIterator[None]:
+    """Own the bound listener sockets and uvicorn's log throttle until the worker stops."""
+    # uvicorn warns once per malformed request: a flood must not fill the disk.
+    uvicorn_filter = ThrottlingFilter(request_log, "uvicorn")
+    logging.getLogger("uvicorn.error").addFilter(uvicorn_filter)
+    try:
+        yield
     finally:
         logging.getLogger("uvicorn.error").removeFilter(uvicorn_filter)
         _close_all(sockets)
-        with anyio.CancelScope(shield=True):
-            await store.close()
 
 
 def _reason(exc: OSError) -> str:
