@@ -36,6 +36,7 @@ from federation_presence.federation.inbound import InboundLimits, InboundTransac
 from federation_presence.federation.ip_policy import IpPolicy
 from federation_presence.federation.keyring import Keyring
 from federation_presence.federation.origin_policy import OriginPolicy, OriginRateLimiter
+from federation_presence.federation.outbound_http import OutboundHttp
 from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.signing_keys import load_or_generate_signing_key
 from federation_presence.ids import ServerName
@@ -144,23 +145,20 @@ async def running_worker(
     await store.open()
     try:
         async with (
-            ServerResolver(
-                clock,
+            OutboundHttp(
                 verify_certificates=config.federation.verify_certificates,
                 ca_bundle=config.federation.ca_bundle,
                 transport=transport,
                 ip_policy=ip_policy,
-            ) as resolver,
+            ) as http,
+            ServerResolver(clock, http=http) as resolver,
             FederationClient(
                 server_name,
                 signing_key,
                 resolver,
                 clock,
-                verify_certificates=config.federation.verify_certificates,
-                ca_bundle=config.federation.ca_bundle,
                 timeout_ms=config.federation.request_timeout_ms,
-                transport=transport,
-                ip_policy=ip_policy,
+                http=http,
             ) as client,
         ):
             keyring = Keyring(
