@@ -170,6 +170,9 @@ async def running_worker(
                     (t.server_name, dict(t.verify_keys))
                     for t in config.federation.trusted_key_servers
                 ],
+                fetch_timeout_ms=config.federation.key_fetch_timeout_ms,
+                fetch_concurrency=config.federation.key_fetch_concurrency,
+                contended_fetch_timeout_ms=config.federation.key_fetch_contended_timeout_ms,
             )
             machine = PresenceMachine(server_name, config.presence)
             keeper = PresenceKeeper(machine, store, clock, metrics)
