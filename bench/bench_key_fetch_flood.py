@@ -180,11 +180,13 @@ async def attack(
             for server_name in hanging.server_names:
                 tg.start_soon(flood_send, server_name)
             with anyio.fail_after(120):
+                await hanging.accepted_at_least(1).wait()
+                first_fetch = time.monotonic()
                 await hanging.accepted_at_least(args.concurrency).wait()
             slots_full = time.monotonic()
             print(
-                f"every key-fetch slot held by a hung fetch {slots_full - flood_started:.1f} s "
-                "after the flood started"
+                f"first hung fetch {first_fetch - flood_started:.1f} s and every key-fetch slot "
+                f"held by one {slots_full - flood_started:.1f} s after the flood started"
             )
 
             async def probe() -> None:
