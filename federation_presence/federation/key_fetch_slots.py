@@ -58,6 +58,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 
 from federation_presence.clock import Clock
 
@@ -270,8 +271,13 @@ class KeyFetchSlots:
             needed -= 1
 
     def _next_preemption_ms(self) -> int | None:
-        """When the next running fetch becomes preemptible, if anyone waits."""
-        if not self._waiting:
+        """When the next running fetch becomes preemptible for a waiter, if ever.
+
+        None when the preemptions under way already cover every waiter: they
+        get the slots those fetches free, nothing more is due.
+        """
+        pending = sum(1 for slot in self._running if slot.preempted)
+        if len(self._waiting) <= pending:
             return None
         ages = [s.started_ms for s in self._running if not s.preempted]
         return min(ages) + self._contended_ms if ages else None
@@ -280,6 +286,7 @@ class KeyFetchSlots:
         """Until ``event`` is set or the clock reaches ``until_ms``."""
         delay_ms = until_ms - self._now_ms()
         if delay_ms <= 0 or event.is_set():
+            await anyio.lowlevel.checkpoint()  # a caller's loop always yields
             return
         async with anyio.create_task_group() as tg:
 

@@ -120,6 +120,25 @@ async def test_a_waiter_preempts_a_fetch_past_the_contended_timeout(clock: FakeC
     assert fetches.outcomes["newcomer"] is FetchOutcome.DONE
 
 
+async def test_one_waiter_preempts_one_of_several_old_fetches_and_gets_its_slot(
+    clock: FakeClock,
+) -> None:
+    slots = KeyFetchSlots(clock, concurrency=3, timeout_ms=10_000, contended_timeout_ms=2_000)
+    fetches = Fetches(slots)
+    async with anyio.create_task_group() as tg:
+        fetches.start(tg, "a", "b", "c")
+        await wait_all_tasks_blocked()
+        await clock.advance(3_000)  # all three are past the contended timeout
+        with anyio.fail_after(5):  # the waiter must not spin on the two it need not preempt
+            fetches.start(tg, "newcomer")
+            await wait_all_tasks_blocked()
+        assert fetches.outcomes == {"a": FetchOutcome.PREEMPTED}
+        assert fetches.started == ["a", "b", "c", "newcomer"]
+        for name in ("b", "c", "newcomer"):
+            fetches.finish[name].set()
+    assert [fetches.outcomes[n] for n in ("b", "c", "newcomer")] == [FetchOutcome.DONE] * 3
+
+
 async def test_a_freed_slot_goes_to_the_newest_waiter(clock: FakeClock) -> None:
     fetches = Fetches(KeyFetchSlots(clock, concurrency=1, timeout_ms=10_000))
     async with anyio.create_task_group() as tg:
