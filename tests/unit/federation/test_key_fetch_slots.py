@@ -126,9 +126,11 @@ async def test_one_waiter_preempts_one_of_several_old_fetches_and_gets_its_slot(
     slots = KeyFetchSlots(clock, concurrency=3, timeout_ms=10_000, contended_timeout_ms=2_000)
     fetches = Fetches(slots)
     async with anyio.create_task_group() as tg:
-        fetches.start(tg, "a", "b", "c")
-        await wait_all_tasks_blocked()
-        await clock.advance(3_000)  # all three are past the contended timeout
+        for name in ("a", "b", "c"):
+            fetches.start(tg, name)
+            await wait_all_tasks_blocked()
+            await clock.advance(1)
+        await clock.advance(3_000)  # all three are past the contended timeout; "a" is oldest
         with anyio.fail_after(5):  # the waiter must not spin on the two it need not preempt
             fetches.start(tg, "newcomer")
             await wait_all_tasks_blocked()
