@@ -122,6 +122,9 @@ class FederationConfig:
     txn_retention_ms: int = 24 * HOUR_MS
     ip_range_blacklist: tuple[str, ...] = DEFAULT_IP_RANGE_BLACKLIST
     ip_range_whitelist: tuple[str, ...] = ()
+    key_fetch_concurrency: int = 64
+    key_fetch_timeout_ms: int = 10_000
+    key_fetch_contended_timeout_ms: int = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,6 +770,13 @@ def _federation(value: object, source: str | None) -> FederationConfig:
             else d.ip_range_blacklist
         ),
         ip_range_whitelist=tuple(section.strings("ip_range_whitelist", ip_range_problem)),
+        key_fetch_concurrency=section.integer(
+            "key_fetch_concurrency", d.key_fetch_concurrency, 1, 4096
+        ),
+        key_fetch_timeout_ms=section.duration("key_fetch_timeout", d.key_fetch_timeout_ms),
+        key_fetch_contended_timeout_ms=section.duration(
+            "key_fetch_contended_timeout", d.key_fetch_contended_timeout_ms
+        ),
     )
 
 

@@ -45,6 +45,7 @@ from federation_presence.federation.inbound import InboundLimits, InboundTransac
 from federation_presence.federation.ip_policy import IpPolicy
 from federation_presence.federation.keyring import Keyring
 from federation_presence.federation.origin_policy import OriginPolicy, OriginRateLimiter
+from federation_presence.federation.outbound_http import OutboundHttp
 from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.signing_keys import load_or_generate_signing_key
 from federation_presence.ids import ServerName
@@ -208,23 +209,20 @@ async def running_worker(
     ip_policy = IpPolicy(config.federation.ip_range_blacklist, config.federation.ip_range_whitelist)
     async with _listening(sockets, request_log), _running_store(store):
         async with (
-            ServerResolver(
-                clock,
+            OutboundHttp(
                 verify_certificates=config.federation.verify_certificates,
                 ca_bundle=config.federation.ca_bundle,
                 transport=transport,
                 ip_policy=ip_policy,
-            ) as resolver,
+            ) as http,
+            ServerResolver(clock, http=http) as resolver,
             FederationClient(
                 server_name,
                 signing_key,
                 resolver,
                 clock,
-                verify_certificates=config.federation.verify_certificates,
-                ca_bundle=config.federation.ca_bundle,
                 timeout_ms=config.federation.request_timeout_ms,
-                transport=transport,
-                ip_policy=ip_policy,
+                http=http,
             ) as client,
         ):
             keyring = Keyring(
@@ -236,6 +234,9 @@ async def running_worker(
                     (t.server_name, dict(t.verify_keys))
                     for t in config.federation.trusted_key_servers
                 ],
+                fetch_timeout_ms=config.federation.key_fetch_timeout_ms,
+                fetch_concurrency=config.federation.key_fetch_concurrency,
+                contended_fetch_timeout_ms=config.federation.key_fetch_contended_timeout_ms,
             )
             machine = PresenceMachine(server_name, config.presence)
             keeper = PresenceKeeper(machine, store, clock, metrics)
