@@ -550,3 +550,18 @@ async def running_synapse(
 
 def users_of(pushes: Iterable[dict[str, Any]]) -> set[str]:
     return {push["user_id"] for push in pushes}
+
+
+def main() -> int:
+    """``python -m tests.interop.synapse_fixture``: make or check the cached install (CI)."""
+    try:
+        install = ensure_synapse_install()
+    except SynapseUnavailable as exc:
+        print(f"interop: {exc}", file=sys.stderr)
+        return 1
+    print(f"interop: Synapse {install.version} at {install.python}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
