@@ -133,6 +133,18 @@ class PresenceRouterConfig:
     config: Mapping[str, object]
 
 
+DEFAULT_FORWARD_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class BesideConfig:
+    """Running beside a homeserver: where its federation ``/send`` goes after ours (tee)."""
+
+    homeserver_url: str
+    forward_timeout_ms: int = DEFAULT_FORWARD_TIMEOUT_MS
+    ca_bundle: Path | None = None
+
+
 def _no_old_keys() -> Mapping[str, tuple[str, int]]:
     return MappingProxyType({})
 
@@ -150,6 +162,7 @@ class Config:
     presence_router: PresenceRouterConfig | None = None
     admin_token: str | None = None
     log_level: str = "info"
+    beside: BesideConfig | None = None
     source: str | None = None
 
 
@@ -485,6 +498,7 @@ def parse_config(data: object, source: str | None) -> Config:
         presence_router=router if router is not None else nested_router,
         admin_token=admin_token,
         log_level=top.choice("log_level", defaults.log_level, LOG_LEVELS),
+        beside=_beside(top.get("beside"), source),
         source=source,
     )
 
@@ -792,3 +806,23 @@ def _trusted_key_server(value: object, path: str, source: str | None) -> Trusted
             raise ConfigError(f"{section.key('verify_keys')}.{key_id}", problem, source)
         verify_keys[str(key_id)] = str(key).rstrip("=")
     return TrustedKeyServer(server_name=server_name, verify_keys=MappingProxyType(verify_keys))
+
+
+def _beside(value: object, source: str | None) -> BesideConfig | None:
+    """``beside``: absent or null = standalone (``/send`` served by the worker alone)."""
+    if value is None:
+        return None
+    section = _Section(value, "beside", source, _yaml_keys(BesideConfig))
+    url = section.string("homeserver_url", "")
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/"):
+        raise section.error(
+            "homeserver_url",
+            f"must be an http:// or https:// URL of the homeserver (e.g. 'http://127.0.0.1:8008'),"
+            f" got {_describe(url)}",
+        )
+    return BesideConfig(
+        homeserver_url=url,
+        forward_timeout_ms=section.duration("forward_timeout", DEFAULT_FORWARD_TIMEOUT_MS),
+        ca_bundle=section.optional_path("ca_bundle"),
+    )

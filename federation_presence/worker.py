@@ -37,6 +37,7 @@ from federation_presence.api.federation import ServerKeyResponse, add_federation
 from federation_presence.api.http_protocol import timed_protocol
 from federation_presence.api.ops import add_ops_routes
 from federation_presence.api.request_log import ThrottledLog, ThrottlingFilter
+from federation_presence.api.tee import HomeserverForwarder, add_tee_route
 from federation_presence.clock import Clock, SystemClock
 from federation_presence.config import Config, ListenerConfig
 from federation_presence.errors import ConfigError
@@ -176,10 +177,13 @@ def build_router(
     metrics: Metrics,
     clock: Clock,
     resources: frozenset[str],
+    forwarder: HomeserverForwarder | None = None,
 ) -> Router:
     router = Router()
     if "federation" in resources:
         add_federation_routes(router, inbound, keys)
+        if forwarder is not None:
+            add_tee_route(router, inbound, forwarder)
     if "client" in resources:
         add_client_routes(router, keeper, ClientAuth(config.admin_token), clock)
     if "ops" in resources:
@@ -224,6 +228,7 @@ async def running_worker(
                 timeout_ms=config.federation.request_timeout_ms,
                 http=http,
             ) as client,
+            _beside_forwarder(config) as forwarder,
         ):
             keyring = Keyring(
                 fetcher=client,
@@ -273,7 +278,14 @@ async def running_worker(
                     if app is None:
                         app = apps[id(listener)] = App(
                             build_router(
-                                config, inbound, keys, keeper, metrics, clock, listener.resources
+                                config,
+                                inbound,
+                                keys,
+                                keeper,
+                                metrics,
+                                clock,
+                                listener.resources,
+                                forwarder,
                             ),
                             max_body_bytes=config.federation.max_request_body_bytes,
                             metrics=metrics,
@@ -286,6 +298,21 @@ async def running_worker(
                     yield worker
                 finally:
                     tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _beside_forwarder(config: Config) -> AsyncIterator[HomeserverForwarder | None]:
+    """The ``/send`` tee's client to the homeserver, when running beside one."""
+    if config.beside is None:
+        yield None
+        return
+    ca_bundle = config.beside.ca_bundle
+    async with HomeserverForwarder(
+        config.beside.homeserver_url,
+        timeout_ms=config.beside.forward_timeout_ms,
+        ca_bundle=str(ca_bundle) if ca_bundle is not None else None,
+    ) as forwarder:
+        yield forwarder
 
 
 @contextlib.asynccontextmanager
