@@ -195,10 +195,14 @@ class SynapseSpec:
     presence_enabled: bool | str = True
     # Extra top-level settings (with their comments in the test that sets them).
     extra: tuple[tuple[str, object], ...] = ()
+    # Beside a worker: the port the server name points at (the worker's, in
+    # front), and a plain-HTTP listener the worker's /send tee forwards to.
+    name_port: int | None = None
+    plain_port: int | None = None
 
     @property
     def server_name(self) -> str:
-        return f"localhost:{self.port}"
+        return f"localhost:{self.name_port or self.port}"
 
     @property
     def signing_key_path(self) -> Path:
@@ -259,6 +263,18 @@ def homeserver_yaml(spec: SynapseSpec) -> str:
         f"  - port: {spec.metrics_port}",
         "    bind_addresses: ['127.0.0.1']",
         "    type: metrics",
+    ]
+    if spec.plain_port is not None:
+        lines += [
+            "  # Plain HTTP on loopback for the worker in front (its /send tee),",
+            "  # as a reverse proxy would reach Synapse.",
+            f"  - port: {spec.plain_port}",
+            "    bind_addresses: ['127.0.0.1']",
+            "    type: http",
+            "    x_forwarded: false",
+            "    resources: [{names: [federation], compress: false}]",
+        ]
+    lines += [
         "# Needed for the metrics listener to export anything.",
         "enable_metrics: true",
         "# The listener's certificate, issued for localhost by the test CA.",
@@ -345,7 +361,7 @@ class SynapseServer:
         (spec.workdir / "log.yaml").write_text(log_yaml(spec))
         context = ssl.create_default_context(cafile=str(spec.certificates.ca_path))
         self.http = httpx.AsyncClient(
-            base_url=f"https://{spec.server_name}", verify=context, timeout=REQUEST_TIMEOUT_S
+            base_url=f"https://localhost:{spec.port}", verify=context, timeout=REQUEST_TIMEOUT_S
         )
 
     @property
