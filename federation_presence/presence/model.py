@@ -108,6 +108,10 @@ class Outcome:
     ``federation_pings``: local users whose unchanged state must be re-sent to
     every interested destination (FEDERATION_PING); their
     ``last_federation_update_ts`` change is also in ``changes`` (notify None).
+    ``seq``: the number of the machine call that made it (increasing); the
+    shell tells the machine which calls are durable, so that it evicts only
+    users whose state the store holds (``PresenceMachine.forget_offline``).
+    It is bookkeeping, not a decision: outcomes compare equal without it.
     """
 
     changes: tuple[StateChange, ...] = ()
@@ -115,6 +119,7 @@ class Outcome:
     next_deadline_ms: int | None = None
     dropped: tuple[str, ...] = field(default=())
     federation_pings: tuple[UserPresence, ...] = ()
+    seq: int = field(default=0, compare=False)
 
     @property
     def to_notify(self) -> tuple[UserPresence, ...]:

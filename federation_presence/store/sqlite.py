@@ -149,7 +149,17 @@ class _Stop:
         self.fut = fut
 
 
-_Item = list[Write] | Read | _Stop
+class _UsersRead:
+    """``get_users``: a read that folds only as much of the journal as it needs."""
+
+    __slots__ = ("fut", "user_ids")
+
+    def __init__(self, user_ids: list[str], fut: asyncio.Future[Any]):
+        self.user_ids = user_ids
+        self.fut = fut
+
+
+_Item = list[Write] | Read | _Stop | _UsersRead
 
 
 class SqliteStore:
@@ -247,6 +257,16 @@ class SqliteStore:
 
     async def get_user(self, user_id: str) -> UserPresence | None:
         return await self._read(lambda conn: sql.get_user(conn, user_id), presence=True)
+
+    async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
+        if not user_ids:
+            return []
+        fut: asyncio.Future[list[UserPresence]] = self._running_loop().create_future()
+        self._queue.put(_UsersRead(list(user_ids), fut))
+        return await fut
+
+    async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
+        return await self._read(lambda conn: sql.load_live_users(conn, local_suffix), presence=True)
 
     async def current_stream_id(self) -> int:
         return await self._read(sql.current_stream_id, presence=True)
@@ -374,16 +394,21 @@ class SqliteStore:
             reports = []
             writes: list[Write] = []
             reads: list[Read] = []
+            user_reads: list[_UsersRead] = []
             stop: _Stop | None = None
             for item in items:
                 if type(item) is list:
                     writes.extend(item)
                 elif type(item) is Read:
                     reads.append(item)
+                elif type(item) is _UsersRead:
+                    user_reads.append(item)
                 elif type(item) is _Stop:
                     stop = item
             if reads:
                 self._run_reads(writer, reads, settled, reports)
+            for user_read in user_reads:
+                self._run_users_read(writer, user_read, settled, reports)
             if writes:
                 writer.run_writes(writes, settled)
             if stop is not None:
@@ -461,6 +486,23 @@ class SqliteStore:
                 settled.append((read.fut, None, fold_error))
             else:
                 settled.append(writer.run_read(read))
+
+    @staticmethod
+    def _run_users_read(
+        writer: SqliteWriter,
+        item: _UsersRead,
+        settled: Settled,
+        reports: list[FoldReport],
+    ) -> None:
+        try:
+            users, folded = writer.get_users(item.user_ids)
+        except StoreError as exc:
+            settled.append((item.fut, None, exc))
+        except Exception as exc:
+            settled.append((item.fut, None, store_error("read failed", exc)))
+        else:
+            reports.extend(folded)
+            settled.append((item.fut, users, None))
 
     def _stop(
         self,

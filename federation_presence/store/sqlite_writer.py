@@ -270,6 +270,36 @@ class SqliteWriter:
         stats.fold_rows_written += written
         return FoldReport(trigger, fold.entries, fold.rows_read, written, index.changes)
 
+    def fold_through(self, last_seq: int, trigger: FoldTrigger) -> list[FoldReport]:
+        """Fold chunks until no entry up to ``last_seq`` is left in the journal."""
+        reports: list[FoldReport] = []
+        while (oldest := self.index.oldest_seq()) is not None and oldest <= last_seq:
+            report = self.fold_chunk(trigger)
+            if report is None:
+                break
+            reports.append(report)
+        return reports
+
+    def get_users(self, user_ids: list[str]) -> tuple[list[UserPresence], list[FoldReport]]:
+        """The stored rows of ``user_ids``, exact: the journal is folded only as
+        far as the newest entry holding one of them (a read of users evicted
+        long ago, whose rows are old, folds little or nothing)."""
+        reports: list[FoldReport] = []
+        if self._current_data_version() != self._data_version:
+            reports = self.fold_all(FoldTrigger.READ)  # another writer: rebuild first
+        last = self.index.newest_entry_of(user_ids)
+        if last is not None:
+            reports.extend(self.fold_through(last, FoldTrigger.READ))
+        users: list[UserPresence] = []
+        for start in range(0, len(user_ids), _IN_LIST_MAX):
+            chunk = user_ids[start : start + _IN_LIST_MAX]
+            marks = ",".join("?" * len(chunk))
+            users.extend(
+                _user(row)
+                for row in self._conn.execute(f"{_SELECT_USER} WHERE user_id IN ({marks})", chunk)
+            )
+        return users, reports
+
     def _payload(self, seq: int) -> bytes:
         row = self._conn.execute(_SELECT_PAYLOAD, (seq,)).fetchone()
         if row is None:
@@ -407,6 +437,7 @@ def _migrate(conn: sqlite3.Connection, where: str) -> None:
 # -- statements run on the store thread (one connection, no shared state) ----
 
 _SELECT_USER = f"SELECT {USER_COLUMNS} FROM user_presence"
+_IN_LIST_MAX = 500  # bound parameters per ``IN (...)`` (SQLite allows 32,766)
 _SELECT_DEVICE = (
     "SELECT user_id, device_id, state, last_active_ts, last_sync_ts, syncing FROM device_presence"
 )
@@ -420,6 +451,14 @@ def _user(row: tuple[Any, ...]) -> UserPresence:
 
 def load_users(conn: sqlite3.Connection) -> list[UserPresence]:
     return [_user(row) for row in conn.execute(_SELECT_USER)]
+
+
+def load_live_users(conn: sqlite3.Connection, local_suffix: str) -> list[UserPresence]:
+    cursor = conn.execute(
+        f"{_SELECT_USER} WHERE state != 'offline' OR substr(user_id, ?) = ?",
+        (-len(local_suffix), local_suffix),
+    )
+    return [_user(row) for row in cursor]
 
 
 def load_devices(conn: sqlite3.Connection) -> list[DevicePresence]:
