@@ -415,6 +415,9 @@ class SqliteStore:
                 self._stop(loop, writer, stop, settled, reports)
                 return
             self._post(loop, settled, reports)
+            # Drop this round's outcomes now, not when the next item comes: an
+            # idle writer would otherwise keep the last group's users alive.
+            del items, writes, reads, user_reads, settled
             # the callers have their answers: now the upkeep, one bounded step each
             if writer.over_limit():
                 self._fold_one_chunk(loop, writer, FoldTrigger.SIZE)
@@ -446,6 +449,8 @@ class SqliteStore:
             if writer.checkpoint_due():
                 self._checkpoint(writer)
             delay = 0
+        if not len(writer.index):
+            writer.release_memory_if_due()
         return self._queue.get()
 
     def _fold_one_chunk(

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from federation_presence.errors import StoreError
 from federation_presence.ids import DeviceId, UserId
+from federation_presence.memory import release_free_memory
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 from federation_presence.presence.states import PresenceState
 from federation_presence.store.base import InboundTxn, ServerKeyRecord, StoreStats, StreamRow
@@ -92,6 +93,8 @@ _SELECT_PAYLOAD = "SELECT payload FROM presence_journal WHERE seq = ?"
 _DELETE_JOURNAL_UP_TO = "DELETE FROM presence_journal WHERE seq <= ?"
 _MAX_STREAM_ID = "SELECT COALESCE(MAX(stream_id), 0) FROM user_presence"
 _DATA_VERSION = "PRAGMA data_version"
+RELEASE_AFTER_ROWS = 100_000
+"""Rows folded after which an idle writer with an empty journal releases memory."""
 _PAGE_BYTES = 4096
 CHECKPOINT_BYTES = 16 * 2**20
 """WAL written (estimated) after which the store checkpoints.
@@ -174,6 +177,7 @@ class SqliteWriter:
         self._stream_id = 0
         self._data_version = 0
         self._wal_bytes = 0  # an upper estimate of what was written since the last checkpoint
+        self._folded_since_release = 0  # rows folds wrote since ``release_memory_if_due`` ran
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, isolation_level=None)
         try:
@@ -263,6 +267,7 @@ class SqliteWriter:
             raise store_error(f"folding the presence journal of {self.path} failed", exc) from exc
         index.forget(fold)
         written = len(fold.users) + len(fold.devices)
+        self._folded_since_release += written
         self._wal_bytes += _PAGE_BYTES * (written + 1)
         stats = self.stats
         stats.folds += 1
@@ -299,6 +304,21 @@ class SqliteWriter:
                 for row in self._conn.execute(f"{_SELECT_USER} WHERE user_id IN ({marks})", chunk)
             )
         return users, reports
+
+    def release_memory_if_due(self) -> None:
+        """After folds wrote ``RELEASE_AFTER_ROWS`` rows, and now the journal is
+        empty and the writer idle: give SQLite's page cache (up to 64 MiB, see
+        ``_TUNING_PRAGMAS``) and the freed heap back to the system. A burst of
+        a million users would otherwise leave it all resident for good; the
+        cost is a cold cache for the next reads."""
+        if self._folded_since_release < RELEASE_AFTER_ROWS:
+            return
+        self._folded_since_release = 0
+        try:
+            self._conn.execute("PRAGMA shrink_memory")
+        except sqlite3.Error:
+            logger.exception("PRAGMA shrink_memory failed")
+        release_free_memory()
 
     def _payload(self, seq: int) -> bytes:
         row = self._conn.execute(_SELECT_PAYLOAD, (seq,)).fetchone()
