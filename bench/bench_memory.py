@@ -234,7 +234,7 @@ async def scenario_a(args: argparse.Namespace, workdir: Path) -> None:
         f" (+{after - start:.0f}); after one more malloc_trim {after_trim:.0f} MiB;"
         f" store closed {closed:.0f} MiB"
     )
-    print(f"a: at start: {start_breakdown}")
+    print(f"a: at start: {start_breakdown}; fake clock sleepers {len(clock._sleepers)}")
     print(f"a: after timeout: {breakdown}")
 
 

@@ -151,8 +151,6 @@ class PresenceKeeper:
         self._machine.admit(found)
 
     async def _persist(self, outcome: Outcome, txn: InboundTxn | None = None) -> None:
-        if self._owed_users or self._owed_devices:
-            outcome = self._with_owed(outcome)
         carried = self._owed_floor
         if self._owed_users or self._owed_devices:
             outcome = self._with_owed(outcome)
@@ -173,7 +171,8 @@ class PresenceKeeper:
             # nothing they touched may be evicted.
             self._owe(outcome)
             floor = min(seq, carried) if carried is not None else seq
-            if self._owed_floor is None or floor < self._owed_floor:
+            owes = self._owed_users or self._owed_devices
+            if owes and (self._owed_floor is None or floor < self._owed_floor):
                 self._owed_floor = floor
             raise
         finally:
@@ -207,13 +206,11 @@ class PresenceKeeper:
 
     def _forget_durable(self) -> None:
         machine = self._machine
-        if machine.offline_cached <= machine.offline_cache_size:
+        if not machine.can_evict():
             return
         evicted = machine.forget_offline(self._durable_for_reads())
         self._evicted_since_trim += evicted
-        if self._evicted_since_trim >= TRIM_AFTER_EVICTIONS and not machine.offline_cached > (
-            machine.offline_cache_size
-        ):
+        if self._evicted_since_trim >= TRIM_AFTER_EVICTIONS and not machine.can_evict():
             # A mass eviction is over: hand the freed heap back to the system.
             self._evicted_since_trim = 0
             release_free_memory()

@@ -85,9 +85,7 @@ class _OriginLocks:
         if lock is None:
             if len(self._locks) >= self._sweep_at:
                 self._drop_idle()
-                self._sweep_at = min(
-                    max(self.SWEEP_FLOOR, 2 * len(self._locks)), self._max_origins
-                )
+                self._sweep_at = min(max(self.SWEEP_FLOOR, 2 * len(self._locks)), self._max_origins)
             lock = self._locks[origin] = anyio.Lock()
         # Uncontended is the common case (a sender keeps one transaction in
         # flight); anyio's acquire() would yield to the loop even then.

@@ -54,10 +54,17 @@ stored row is overwritten with the new one), whether or not a tick noticed
 its going offline first: inputs first bring their device to ``now``.
 
 Remote users are held while they are not offline (their federation timeout
-needs them) plus, in ``_resting``, the ``offline_cache_size`` most recently
-changed offline ones (hot senders flap between states). The rest are
-*evicted*: ``forget_offline`` drops the oldest offline users beyond the cache
-once the shell says their state is durable (every outcome carries ``seq``,
+needs them) plus, in ``_resting``, the ``offline_cache_size``
+(``PresenceSettings``) offline ones most recently *seen*: pushed offline, or
+read through for a push (hot senders flap between states). A user our clock
+timed out was not seen (its server has been silent for FEDERATION_TIMEOUT):
+it waits in ``_timed_out`` only until its offline state is durable. So a
+mass timeout keeps none of its users, which matters beyond their own bytes:
+survivors allocated amid a burst pin CPython's small-object arenas, which
+are freed only when wholly empty (``bench/bench_memory.py``, BENCHMARKS.md).
+*Eviction*: ``forget_offline`` drops the timed-out users and the least
+recently seen beyond the cache, once the shell says their state is durable
+(every outcome carries ``seq``,
 the number of the call that made it; the shell passes the greatest ``seq``
 all of whose writes have committed). The store then holds them, and the
 shell reads them through before a call that needs them: ``missing`` names
@@ -68,14 +75,13 @@ evicted, because an evicted user's stored row is exactly its last state.
 So remote memory follows what is live, not what was ever seen.
 
 Python keeps a ``dict``'s table at the largest size it reached; after a mass
-eviction ``_users`` and ``_resting`` are rebuilt at the size they now have
+eviction ``_users``, ``_resting`` and ``_timed_out`` are rebuilt at the size they now have
 (once under a quarter of their high-water mark; O(1) amortised), as the
 deadline queues are (``timers``).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TypeVar, assert_never
@@ -136,8 +142,6 @@ class _Keep:
 _KEEP = _Keep()
 
 DEFAULT_SETTINGS = PresenceSettings()
-DEFAULT_OFFLINE_CACHE_SIZE = 10_000
-"""Offline remote users kept in memory beyond those that are not offline."""
 _SHRINK_BELOW = 4
 _SHRINK_MIN = 1024
 
@@ -164,8 +168,10 @@ class PresenceMachine:
         server_name: ServerName,
         settings: PresenceSettings = DEFAULT_SETTINGS,
         *,
-        offline_cache_size: int = DEFAULT_OFFLINE_CACHE_SIZE,
+        offline_cache_size: int | None = None,
     ) -> None:
+        if offline_cache_size is None:
+            offline_cache_size = settings.offline_cache_size
         if offline_cache_size < 0:
             raise ValueError("offline_cache_size must be >= 0")
         self._server_name = server_name
@@ -178,9 +184,13 @@ class PresenceMachine:
         self._active: DeadlineQueue[UserId] = DeadlineQueue()
         self._ping: DeadlineQueue[UserId] = DeadlineQueue()
         self._remote: DeadlineQueue[UserId] = DeadlineQueue()
-        # Offline remote users held, least recently changed first -> the seq
-        # of the call that last changed them (0: read from the store).
-        self._resting: OrderedDict[UserId, int] = OrderedDict()
+        # Offline remote users held -> the seq of the call that last changed
+        # them (0: read from the store). Plain dicts, in insertion order:
+        # seen offline (least recently seen first; the cache), and timed out
+        # by our clock (evicted as soon as durable). No OrderedDict: its
+        # per-entry nodes, allocated amid a burst, would pin arenas.
+        self._resting: dict[UserId, int] = {}
+        self._timed_out: dict[UserId, int] = {}
         self._offline_cache_size = offline_cache_size
         self._users_high = 0  # the most users held since ``_users`` was last rebuilt
         self._seq = 0  # calls that returned an Outcome (Outcome.seq)
@@ -203,7 +213,11 @@ class PresenceMachine:
     @property
     def offline_cached(self) -> int:
         """How many offline remote users the machine holds (evictable)."""
-        return len(self._resting)
+        return len(self._resting) + len(self._timed_out)
+
+    def can_evict(self) -> bool:
+        """Whether ``forget_offline`` may have something to evict."""
+        return bool(self._timed_out) or len(self._resting) > self._offline_cache_size
 
     @property
     def offline_cache_size(self) -> int:
@@ -256,25 +270,23 @@ class PresenceMachine:
         self._note_users_high()
 
     def forget_offline(self, durable_seq: int) -> int:
-        """Evict the oldest offline remote users beyond the cache; how many went.
+        """Evict users timed out, then the least recently seen offline users
+        beyond the cache; how many went.
 
         Only users whose latest change came from a call with ``seq <=
         durable_seq`` (its write committed) are evicted: the store must hold
         what the machine forgets.
         """
-        resting = self._resting
-        excess = len(resting) - self._offline_cache_size
-        if excess <= 0:
+        gone = _durable_prefix(self._timed_out, len(self._timed_out), durable_seq)
+        excess = len(self._resting) - self._offline_cache_size
+        if excess > 0:
+            gone += _durable_prefix(self._resting, excess, durable_seq)
+        if not gone:
             return 0
         users = self._users
-        evicted = 0
-        while evicted < excess:
-            user_id, changed_seq = next(iter(resting.items()))
-            if changed_seq > durable_seq:
-                break
-            resting.popitem(last=False)
+        for user_id in gone:
             del users[user_id]
-            evicted += 1
+        evicted = len(gone)
         if (
             evicted
             and self._users_high > _SHRINK_MIN
@@ -410,6 +422,11 @@ class PresenceMachine:
             resting_pop = resting.pop
             for user_id in index:
                 resting_pop(user_id, None)
+        timed_out = self._timed_out
+        if timed_out:
+            timed_out_pop = timed_out.pop
+            for user_id in index:
+                timed_out_pop(user_id, None)
         seq = self._seq
         for user_id in offline:
             if users[user_id].state is _OFFLINE:
@@ -470,10 +487,12 @@ class PresenceMachine:
             remote_deadline = federation_timeout_deadline(user, self._settings)
             if remote_deadline is None:
                 self._remote.cancel(user.user_id)
-                self._resting[user.user_id] = 0
-                self._resting.move_to_end(user.user_id)
+                self._resting.pop(user.user_id, None)
+                self._timed_out.pop(user.user_id, None)
+                self._timed_out[user.user_id] = 0
             else:
                 self._resting.pop(user.user_id, None)
+                self._timed_out.pop(user.user_id, None)
                 remote.append((remote_deadline, user.user_id))
         for device in devices:
             if not self.is_local(device.user_id):
@@ -577,8 +596,8 @@ class PresenceMachine:
         if new is not prev:
             self._users[user_id] = new
             if new.state is _OFFLINE:
-                self._resting[user_id] = self._seq
-                self._resting.move_to_end(user_id)
+                # Timed out by our clock, not seen: evicted once durable.
+                self._timed_out[user_id] = self._seq
             step.changes.append(
                 StateChange(
                     new, notify_reason(prev, new, self._settings.last_active_granularity_ms)
@@ -603,7 +622,8 @@ class PresenceMachine:
         """Rebuild the user tables at the size of what they hold (module docstring)."""
         self._users = dict(self._users)
         self._users_high = len(self._users)
-        self._resting = OrderedDict(self._resting)
+        self._resting = dict(self._resting)
+        self._timed_out = dict(self._timed_out)
 
 
 def _sent_at(user: UserPresence, now: int) -> UserPresence:
@@ -617,6 +637,23 @@ def _sent_at(user: UserPresence, now: int) -> UserPresence:
         now,
         user.last_user_sync_ts,
     )
+
+
+def _durable_prefix(offline: dict[UserId, int], most: int, durable_seq: int) -> list[UserId]:
+    """Remove and return up to ``most`` users from the front of ``offline``,
+    stopping at the first whose change is not durable yet."""
+    gone: list[UserId] = []
+    if most <= 0:
+        return gone
+    for user_id, changed_seq in offline.items():
+        if changed_seq > durable_seq:
+            break
+        gone.append(user_id)
+        if len(gone) == most:
+            break
+    for user_id in gone:
+        del offline[user_id]
+    return gone
 
 
 def _set(queue: DeadlineQueue[_Key], key: _Key, at: int | None) -> None:

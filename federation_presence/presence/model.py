@@ -35,7 +35,12 @@ MINUTE_MS = 60 * SECOND_MS
 
 @dataclass(frozen=True, slots=True)
 class PresenceSettings:
-    """Timers of the core, all in ms. Defaults are DESIGN.md's (Synapse's)."""
+    """Timers of the core, all in ms. Defaults are DESIGN.md's (Synapse's).
+
+    ``offline_cache_size`` is not a timer: how many offline remote users the
+    machine keeps beyond those that are not offline (the rest are read
+    through from the store; ``PresenceMachine.forget_offline``).
+    """
 
     idle_timeout_ms: int = 5 * MINUTE_MS
     sync_timeout_ms: int = 30 * SECOND_MS
@@ -43,6 +48,7 @@ class PresenceSettings:
     federation_ping_interval_ms: int = 25 * MINUTE_MS
     last_active_granularity_ms: int = 60 * SECOND_MS
     currently_active_window_ms: int = 60 * SECOND_MS
+    offline_cache_size: int = 10_000
 
 
 @dataclass(slots=True, unsafe_hash=True)

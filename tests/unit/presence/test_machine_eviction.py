@@ -33,18 +33,28 @@ def timed_out(machine: PresenceMachine, *users: UserId) -> Outcome:
     return machine.tick(T0 + TIMEOUT)
 
 
-def test_offline_users_beyond_the_cache_are_evicted_oldest_first() -> None:
+def test_offline_users_beyond_the_cache_are_evicted_least_recently_seen_first() -> None:
+    machine = PresenceMachine(OURS, offline_cache_size=1)
+    machine.handle_remote([push(CAROL, OFF)], T0)
+    last = machine.handle_remote([push(DAN, OFF)], T0 + 1)
+    assert machine.offline_cached == 2
+
+    assert machine.forget_offline(last.seq) == 1
+    assert machine.get(CAROL) is None
+    assert machine.get(DAN) is not None
+    assert machine.user_count == 1
+
+
+def test_users_timed_out_by_our_clock_are_evicted_before_users_seen_offline() -> None:
     machine = PresenceMachine(OURS, offline_cache_size=1)
     machine.handle_remote([push(CAROL, ON)], T0)
-    machine.handle_remote([push(DAN, ON)], T0 + 1)
-    tick = machine.tick(T0 + 1 + TIMEOUT)
-    assert [c.state.user_id for c in tick.changes] == [CAROL, DAN]
-    assert machine.offline_cached == 2
+    machine.handle_remote([push(DAN, OFF)], T0 + 1)
+    tick = machine.tick(T0 + TIMEOUT)
+    assert [c.state.user_id for c in tick.changes] == [CAROL]
 
     assert machine.forget_offline(tick.seq) == 1
     assert machine.get(CAROL) is None
     assert machine.get(DAN) is not None
-    assert machine.user_count == 1
 
 
 def test_nothing_is_evicted_before_its_write_is_durable() -> None:
@@ -154,7 +164,7 @@ def test_mass_eviction_rebuilds_the_user_table_at_its_new_size() -> None:
     machine.handle_remote([push(user, ON) for user in users], T0)
     grown = sys.getsizeof(machine._users)
     tick = machine.tick(T0 + TIMEOUT)
-    assert machine.forget_offline(tick.seq) == 20_000 - 10
+    assert machine.forget_offline(tick.seq) == 20_000  # timed out: none is cached
     assert sys.getsizeof(machine._users) < grown / 100
 
 
