@@ -17,9 +17,9 @@ the timeout (the timer loop done, the journal folded, the store's idle
 upkeep run), with glibc's and pymalloc's view of the heap at start and
 after; the target is "after" within 50 MB of "start". ``--no-trim`` turns
 ``malloc_trim`` off (the keeper's after a mass eviction, the store's after
-folding a burst), to show what it does. ``--skip-read-through`` leaves out the keeper's store read of the
-users it does not hold (right here only because every user is new), to
-measure what that read costs cold ingest.
+folding a burst), to show what it does. ``--skip-read-through`` leaves out
+the keeper's store read of the users it does not hold (right here only
+because every user is new), to measure what that read costs cold ingest.
 
 Scenario ``b``: sustained 1x50 load (one EDU of 50 pushes per transaction)
 over a population of ``--population`` (64,000) users, random states, for
