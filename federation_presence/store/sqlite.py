@@ -45,7 +45,9 @@ coalescing is what pays for the fold (``stats.fold_rows_written`` against
   it (and take the core from the loop);
 * before a read of the presence tables (``load_users``, ``load_devices``,
   ``get_user``, ``stream_since``, ``current_stream_id``): everything, so
-  reads are exact;
+  reads are exact; ``get_users`` (the keeper's read-through of evicted
+  users) folds only as far as the newest entry holding one of its users,
+  which for users evicted a while ago is little or nothing;
 * at ``open`` (whatever a ``kill -9`` left) and at ``close``.
 
 Bounds. A fold reads at most ``fold_chunk_rows`` (20,000) journal rows and
@@ -58,6 +60,11 @@ distinct user or device in it (~10 MB for 64k users, ~70 MB if all 500,000
 rows were distinct users). Measured with 64k users: a smaller journal
 supersedes less and folds cost more (fold writes per row applied: 18% at
 100k rows, 2% at 250k, under 0.1% at 500k).
+
+Memory. Once a burst of at least ``sqlite_writer.RELEASE_AFTER_ROWS`` rows
+has been folded and the writer idles with an empty journal, it gives its
+page cache (``PRAGMA shrink_memory``) and the process's free heap
+(``memory.release_free_memory``) back to the system.
 
 Checkpoints. The store checkpoints the WAL itself (``PASSIVE``) once about
 ``sqlite_writer.CHECKPOINT_BYTES`` were written, after the round's callers
