@@ -26,18 +26,28 @@ ADMIN_TOKEN = "interop-admin"
 
 
 def interop_worker_config(
-    workdir: Path, certificates: TlsCertificates, port: int, **federation: object
+    workdir: Path,
+    certificates: TlsCertificates,
+    port: int,
+    *,
+    plain_admin_port: int | None = None,
+    **federation: object,
 ) -> Config:
+    listeners = [
+        ListenerConfig(
+            port=port,
+            tls_certificate_path=certificates.cert_path,
+            tls_private_key_path=certificates.key_path,
+        )
+    ]
+    if plain_admin_port is not None:
+        # Beside a homeserver: its module posts heartbeats over plain HTTP on
+        # loopback (Synapse's module HTTP client trusts only the system CAs).
+        listeners.append(ListenerConfig(port=plain_admin_port, resources=frozenset({"admin"})))
     return Config(
         server_name=f"localhost:{port}",
         signing_key_path=workdir / "keys" / "signing.key",
-        listeners=(
-            ListenerConfig(
-                port=port,
-                tls_certificate_path=certificates.cert_path,
-                tls_private_key_path=certificates.key_path,
-            ),
-        ),
+        listeners=tuple(listeners),
         database=DatabaseConfig(path=workdir / "worker.db"),
         federation=replace(
             FederationConfig(
@@ -67,3 +77,27 @@ async def worker_presence(http: httpx.AsyncClient, user_id: str) -> httpx.Respon
         f"/_matrix/client/v3/presence/{quote(user_id)}/status",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
+
+
+async def put_room(http: httpx.AsyncClient, room_id: str, members: list[str]) -> None:
+    """Tell the worker who shares a room (its admin API): who gets whose presence."""
+    response = await http.put(
+        f"/_presence/admin/v1/rooms/{quote(room_id)}",
+        json={"members": members},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def set_local_presence(
+    http: httpx.AsyncClient, token: str, user_id: str, presence: str, status_msg: str | None
+) -> None:
+    body: dict[str, object] = {"presence": presence}
+    if status_msg is not None:
+        body["status_msg"] = status_msg
+    response = await http.put(
+        f"/_matrix/client/v3/presence/{quote(user_id)}/status",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 200, response.text

@@ -193,8 +193,8 @@ class SynapseSpec:
     routed_users: tuple[str, ...] = ()
     # ``presence.enabled``: true, or "untracked" beside a presence worker.
     presence_enabled: bool | str = True
-    # Extra top-level settings (with their comments in the test that sets them).
-    extra: tuple[tuple[str, object], ...] = ()
+    # Extra top-level settings: (key, value, the comment saying why).
+    extra: tuple[tuple[str, object, str], ...] = ()
     # Beside a worker: the port the server name points at (the worker's, in
     # front), and a plain-HTTP listener the worker's /send tee forwards to.
     name_port: int | None = None
@@ -321,8 +321,8 @@ def homeserver_yaml(spec: SynapseSpec) -> str:
         f"    module: {ROUTER_MODULE}",
         f"    config: {{users: {_y(list(spec.routed_users))}}}",
     ]
-    for key, value in spec.extra:
-        lines.append(f"{key}: {_y(value)}")
+    for key, value, why in spec.extra:
+        lines += [f"# {why}", f"{key}: {_y(value)}"]
     return "\n".join(lines) + "\n"
 
 
