@@ -108,10 +108,16 @@ def transaction_body(
 def priming_bodies(
     origin: str, shape: LoadShape, now: int, run_tag: str
 ) -> list[dict[str, object]]:
-    """Transactions that make every warm user of ``origin`` known (100 pushes each)."""
-    primer = LoadShape(1, min(100, shape.users_per_origin), shape.users_per_origin, "warm")
-    count = -(-shape.users_per_origin // primer.pushes_per_edu)
-    return [transaction_body(origin, primer, i, now, f"prime{run_tag}") for i in range(count)]
+    """Transactions that make every warm user of ``origin`` known, each once.
+
+    Up to 100 pushes each: the largest divisor of ``users_per_origin`` that fits.
+    """
+    users = shape.users_per_origin
+    size = max(d for d in range(1, min(100, users) + 1) if users % d == 0)
+    primer = LoadShape(1, size, users, "warm", shape.mix)
+    return [
+        transaction_body(origin, primer, i, now, f"prime{run_tag}") for i in range(users // size)
+    ]
 
 
 def request_bytes(
