@@ -248,17 +248,29 @@ async def run_load(
     progress: Callable[[Progress], None] | None = None,
     say: Callable[[str], None] = lambda _: None,
     origins: list[SyntheticOrigin] | None = None,
+    timed: Callable[[bool], None] = lambda _: None,
 ) -> LoadReport:
     """One load test of ``target``; the report (``UpstreamError`` if the target is unusable).
 
     ``origins``: origins the caller serves (``serving_origins``) and reuses
     across runs, so that warm users stay the same users; None serves
-    ``settings.origins`` new ones for this run alone.
+    ``settings.origins`` new ones for this run alone. ``timed`` is called with
+    True just before the timed part and False just after it (benchmarks read
+    CPU counters there).
     """
+    hooks = _Hooks(ceiling, progress, say, timed)
     if origins is not None:
-        return await _run_with(target, settings, tls, clock, ceiling, progress, say, origins)
+        return await _run_with(target, settings, tls, clock, hooks, origins)
     async with serving_origins(settings.origins, clock, tls.cert, tls.key) as served:
-        return await _run_with(target, settings, tls, clock, ceiling, progress, say, served)
+        return await _run_with(target, settings, tls, clock, hooks, served)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    ceiling: bool
+    progress: Callable[[Progress], None] | None
+    say: Callable[[str], None]
+    timed: Callable[[bool], None]
 
 
 async def _run_with(
@@ -266,11 +278,10 @@ async def _run_with(
     settings: LoadSettings,
     tls: TlsFiles,
     clock: Clock,
-    ceiling: bool,
-    progress: Callable[[Progress], None] | None,
-    say: Callable[[str], None],
+    hooks: _Hooks,
     origins: list[SyntheticOrigin],
 ) -> LoadReport:
+    say = hooks.say
     found = await discover(target, tls, settings.server_name)
     shape = settings.shape
     run_tag = _base36(clock.now_ms())
@@ -325,6 +336,7 @@ async def _run_with(
         ],
         f"{run_tag}-",
     )
+    hooks.timed(True)
     result = await send_requests(
         target.host,
         target.port,
@@ -335,10 +347,11 @@ async def _run_with(
         server_hostname=server_hostname,
         concurrency=settings.concurrency,
         rate=settings.rate,
-        progress=progress,
+        progress=hooks.progress,
     )
+    hooks.timed(False)
     ceiling_rate: float | None = None
-    if ceiling:
+    if hooks.ceiling:
         say("client ceiling: the same requests against a no-op server")
         noop = await measure_ceiling(requests, clock, settings, tls if target.tls else None)
         ceiling_rate = noop.ok / noop.elapsed_s if noop.elapsed_s else 0.0
