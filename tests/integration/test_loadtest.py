@@ -191,3 +191,17 @@ async def test_the_cli_writes_a_self_contained_html_page_and_json(
     for outside in ("<script", "<link", "<img", "<iframe", "@import", "url("):
         assert outside not in lowered, outside
     assert not re.search(r"(src|href)\s*=", lowered)
+
+
+async def test_open_loop_paces_transactions_at_the_rate_and_counts_latency_from_when_due(
+    worker: RunningWorker, certificates: TlsCertificates
+) -> None:
+    # 10 transactions at 20/s: the last is due 0.45 s after the start, so the
+    # run cannot end sooner, however fast the worker answers.
+    settings = LoadSettings(origins=2, users_per_origin=2, count=10, rate=20.0)
+    report = await run_load(
+        _target(worker), settings, _tls(certificates), SystemClock(), ceiling=False
+    )
+    assert report.result.ok == 10
+    assert report.result.elapsed_s >= 0.45
+    assert report.settings["rate"] == 20.0
