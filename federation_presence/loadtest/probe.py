@@ -11,9 +11,9 @@ for ``--json``), stopping at the first that fails:
    federation verifies it (``outbound_http.federation_tls_context``, the
    certificate name or the IP), and the certificate's subject, names, issuer
    and expiry;
-3. ``keys``: ``GET /_matrix/key/v2/server`` through the federation client,
+3. ``keys``: ``GET /_matrix/key/v2/server`` (unsigned: it needs no auth),
    the self-signature checked by ``keyring.verified_server_keys``;
-4. ``version``: ``GET /_matrix/federation/v1/version``;
+4. ``version``: ``GET /_matrix/federation/v1/version`` (unsigned too);
 5. with ``send_presence``: one signed ``/send`` carrying one ``m.presence``
    push for that user of ours (our server name and key from the config; the
    target fetches our key from our running worker, so it must be up and
@@ -51,10 +51,15 @@ from signedjson.types import SigningKey
 
 from federation_presence.clock import Clock
 from federation_presence.errors import UpstreamError
-from federation_presence.federation.client import FederationClient
+from federation_presence.federation.client import FederationClient, request_url
 from federation_presence.federation.ip_policy import IpPolicy
 from federation_presence.federation.keyring import verified_server_keys
-from federation_presence.federation.outbound_http import OutboundHttp, federation_tls_context
+from federation_presence.federation.outbound_http import (
+    BodyTooLarge,
+    OutboundHttp,
+    federation_tls_context,
+    read_bounded,
+)
 from federation_presence.federation.resolver import (
     DnsSrvLookup,
     ResolvedDestination,
@@ -65,6 +70,7 @@ from federation_presence.federation.signing_keys import generate_signing_key
 
 DEFAULT_TIMEOUT_S = 10.0
 POLL_INTERVAL_MS = 500
+MAX_RESPONSE_BYTES = 1024 * 1024
 SRV_SERVICES = ("_matrix-fed._tcp", "_matrix._tcp")
 
 
@@ -111,6 +117,54 @@ class _Fixed:
         return self._destination
 
 
+class _UnsignedGet:
+    """GETs without X-Matrix, through the same stack, to the resolved destination.
+
+    The key and version endpoints need no authentication, and a server that
+    sees an ``Authorization`` header verifies it (Synapse answers 401 when it
+    cannot fetch the signer's key), so without our identity (no ``-c``) a
+    signed GET would test our probe, not the server.
+    """
+
+    def __init__(self, http: OutboundHttp, destination: ResolvedDestination, timeout_s: float):
+        self._http = http.client
+        self._destination = destination
+        self._timeout_s = timeout_s
+
+    async def get_json(self, server_name: str, path: str) -> dict[str, Any]:
+        destination = self._destination
+        extensions = {}
+        if destination.tls_server_name is not None:
+            extensions["sni_hostname"] = destination.tls_server_name
+        request = self._http.build_request(
+            "GET",
+            request_url(destination, path),
+            headers={"Host": destination.host_header, "Accept": "application/json"},
+            extensions=extensions,
+            timeout=httpx.Timeout(self._timeout_s),
+        )
+        try:
+            with anyio.fail_after(self._timeout_s):
+                response = await self._http.send(request, stream=True)
+                try:
+                    body = await read_bounded(response, MAX_RESPONSE_BYTES)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            raise UpstreamError(f"no answer within {self._timeout_s:g} s") from exc
+        except (httpx.HTTPError, BodyTooLarge) as exc:
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise UpstreamError(f"HTTP {response.status_code}: {body[:200]!r}")
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"not JSON: {body[:200]!r}") from exc
+        if not isinstance(document, dict):
+            raise UpstreamError("not a JSON object")
+        return document
+
+
 class _Failed(Exception):
     def __init__(self, step: Step) -> None:
         self.step = step
@@ -146,8 +200,9 @@ async def probe(
                 timeout_ms=int(options.timeout_s * 1000),
                 http=http,
             ) as client:
-                await _keys(options, client, clock, done)
-                await _version(options, client, done)
+                unsigned = _UnsignedGet(http, destination, options.timeout_s)
+                await _keys(options, unsigned, clock, done)
+                await _version(options, unsigned, done)
                 if options.send_presence:
                     await _send_presence(options, ours, client, clock, done)
             if options.expect_presence:
@@ -197,7 +252,7 @@ async def _resolve(
         well_known_timeout_ms=int(options.timeout_s * 1000),
         http=http,
     )
-    hostname = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    hostname = name  # no port: an explicit one resolved immediately above
     well_known = await resolver.well_known(hostname)
     if well_known.m_server is not None:
         done(
@@ -307,7 +362,7 @@ async def _certificate(
 
 
 async def _keys(
-    options: ProbeOptions, client: FederationClient, clock: Clock, done: Callable[[Step], Step]
+    options: ProbeOptions, client: _UnsignedGet, clock: Clock, done: Callable[[Step], Step]
 ) -> None:
     try:
         response = await client.get_json(options.server_name, "/_matrix/key/v2/server")
@@ -328,7 +383,7 @@ async def _keys(
 
 
 async def _version(
-    options: ProbeOptions, client: FederationClient, done: Callable[[Step], Step]
+    options: ProbeOptions, client: _UnsignedGet, done: Callable[[Step], Step]
 ) -> None:
     try:
         response = await client.get_json(options.server_name, "/_matrix/federation/v1/version")

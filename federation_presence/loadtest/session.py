@@ -153,12 +153,11 @@ async def discover(target: Target, tls: TlsFiles, server_name: str | None) -> Di
     ) as client:
         try:
             version_response = await client.get("/_matrix/federation/v1/version")
-            version: dict[str, Any] = (
-                version_response.json() if version_response.status_code == 200 else {}
-            )
+            version = version_response.json() if version_response.status_code == 200 else {}
             if server_name is None:
                 keys = await client.get("/_matrix/key/v2/server")
-                name = keys.json().get("server_name") if keys.status_code == 200 else None
+                document = keys.json() if keys.status_code == 200 else None
+                name = document.get("server_name") if isinstance(document, dict) else None
                 if not isinstance(name, str):
                     raise UpstreamError(
                         f"{target.base_url}: no server_name in its key response "
