@@ -1,5 +1,9 @@
 """Ingest benchmark: signed /send transactions through the real HTTP stack.
 
+A thin use of ``federation-presence loadtest`` (``federation_presence.loadtest``):
+this script starts the targets, pins them, and runs the same load session
+against each, in the same run.
+
 Targets (``--target``, repeatable, measured in the same run):
 
 * ``worker``: ``federation-presence run`` as its own process, SQLite store,
@@ -8,23 +12,29 @@ Targets (``--target``, repeatable, measured in the same run):
 
 Each target is pinned to one core (``taskset -c 0``). This process, pinned to
 the other core, runs the synthetic origins' TLS key server and the load
-generator: ``--origins`` connections, one transaction in flight per origin
-(the spec's sender rule), requests pre-built and pre-signed so that the
-generator does no JSON or signing while timed. A warm-up transaction per
-origin is sent first so that key fetches are not timed.
+client: ``--origins`` origins, one transaction in flight per origin (the
+spec's sender rule), requests pre-signed before the timed part. The origins
+live for the whole target (a new key under a reused server name would be a
+key rotation), and every run has its own tag, so every push of every run is a
+real change for the target (issue 18). ``--users warm`` primes each origin's
+users untimed before every run; ``--users cold`` sends users never seen.
 
 Usage:
-    python bench/bench_ingest.py --target worker --shape 1x1 --shape 1x50 \
-        --shape 100x1 --origins 64 --seconds 10 --runs 3
+    python bench/bench_ingest.py --target worker --target synapse \
+        --shape 1x1 --shape 1x50 --shape 100x1 --origins 16 --seconds 10 --runs 3
 
-Prints per target, shape and run: transactions/s and pushes/s (200s only),
-p50/p99 latency and the status counts, then the median over runs. Bounded:
-each run stops after ``--seconds`` or when its pre-built requests run out.
+Prints per target, shape, users and run: transactions/s and pushes/s (200s
+only), p50/p99 latency (from when each transaction was due), the status
+counts, the server's and the client's CPU share over the timed part, and the
+client's ceiling (the same requests against a no-op server); then the medians,
+and the worker/Synapse ratio when both ran. Bounded: each run stops after
+``--seconds`` or ``--count`` transactions.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import signal
@@ -44,9 +54,6 @@ import trustme
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synapse_target import (
-    SERVER_NAME as SYNAPSE_NAME,
-)
-from synapse_target import (
     start_synapse,
     wait_synapse,
     write_synapse_config,
@@ -54,12 +61,7 @@ from synapse_target import (
 
 from federation_presence.clock import SystemClock
 from federation_presence.loadtest.origins import SyntheticOrigin, serving_origins
-from federation_presence.loadtest.plan import (
-    LoadShape,
-    request_bytes,
-    transaction_body,
-)
-from federation_presence.loadtest.runner import send_requests
+from federation_presence.loadtest.session import LoadSettings, Target, TlsFiles, run_load
 
 WORKER_NAME = "bench.test"
 
@@ -70,8 +72,10 @@ class RunFigures:
     pushes_per_s: float
     p50_ms: float
     p99_ms: float
-    statuses: dict[int, int]
+    statuses: dict[str, int]
     server_cpu_share: float  # server process CPU seconds per wall second, timed part
+    client_cpu_share: float  # this process, the same
+    ceiling_txn_per_s: float | None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -80,9 +84,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def parse_shape(text: str, users_per_origin: int) -> LoadShape:
+def parse_shape(text: str) -> tuple[int, int]:
     edus, pushes = text.split("x")
-    return LoadShape(int(edus), int(pushes), users_per_origin)
+    return int(edus), int(pushes)
 
 
 def free_port() -> int:
@@ -140,103 +144,111 @@ def wait_healthy(port: int, timeout_s: float = 30.0) -> None:
     raise SystemExit("worker did not become healthy")
 
 
+class CpuWindow:
+    """Server and client CPU over the timed part of a run (``run_load``'s ``timed`` hook)."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self._start = (0.0, 0.0, 0.0)
+        self.server_share = self.client_share = 0.0
+
+    def __call__(self, starting: bool) -> None:
+        now = (time.monotonic(), cpu_seconds(self.server_pid), cpu_seconds(os.getpid()))
+        if starting:
+            self._start = now
+            return
+        wall = max(now[0] - self._start[0], 1e-9)
+        self.server_share = (now[1] - self._start[1]) / wall
+        self.client_share = (now[2] - self._start[2]) / wall
+
+
 async def one_run(
     server_pid: int,
-    port: int,
-    destination: str,
+    target_name: str,
+    target: Target,
+    settings: LoadSettings,
+    tls: TlsFiles,
     origins: list[SyntheticOrigin],
-    shape: LoadShape,
     args: argparse.Namespace,
-    run_label: str,
+    run_index: int,
 ) -> RunFigures:
-    clock = SystemClock()
-    per_origin = max(2, args.max_txns // args.origins)
-    now = clock.now_ms()
-    requests = [
-        [
-            request_bytes(
-                origin=origin.server_name,
-                signing_key=origin.signing_key,
-                destination=destination,
-                host_header=f"127.0.0.1:{port}",
-                txn_id=f"{run_label}-{i}",
-                body=transaction_body(origin.server_name, shape, i, now),
-            )
-            for i in range(per_origin)
-        ]
-        for origin in origins
-    ]
-    cpu_before = cpu_seconds(server_pid)
-    result = await send_requests("127.0.0.1", port, requests, clock, duration_s=args.seconds)
-    cpu_share = (cpu_seconds(server_pid) - cpu_before) / result.elapsed_s
-    if result.errors:
-        print("  errors:", dict(result.errors), file=sys.stderr)
-    txn_s = result.ok / result.elapsed_s
-    return RunFigures(
-        txn_s,
-        txn_s * shape.pushes_per_txn,
-        result.percentile_ms(0.5),
-        result.percentile_ms(0.99),
-        dict(result.statuses),
-        cpu_share,
+    """One timed run; prints its line (and writes its HTML report with --html-dir)."""
+    window = CpuWindow(server_pid)
+    report = await run_load(
+        target, settings, tls, SystemClock(), origins=origins, timed=window,
+        ceiling=not args.no_ceiling,
+    )  # fmt: skip
+    data = report.as_json()
+    figures = RunFigures(
+        data["txn_per_s"], data["pushes_per_s"], data["p50_ms"], data["p99_ms"],
+        data["statuses"], window.server_share, window.client_share, data["ceiling_txn_per_s"],
+    )  # fmt: skip
+    label = f"{settings.edus_per_txn}x{settings.pushes_per_edu}-{settings.users}"
+    if args.html_dir:
+        page = args.html_dir / f"{target_name}-{label}-{run_index + 1}.html"
+        page.write_text(report.as_html(), encoding="utf-8")
+    rate = max(figures.txn_per_s, 1e-9)
+    ceiling = "ceiling not measured"
+    if figures.ceiling_txn_per_s is not None:
+        limited = ", CLIENT-LIMITED" if report.client_limited else ""
+        ceiling = (
+            f"ceiling {figures.ceiling_txn_per_s:,.0f} txn/s "
+            f"({figures.ceiling_txn_per_s / rate:.1f}x{limited})"
+        )
+    print(
+        f"{target_name} {label}: run {run_index + 1}: {figures.txn_per_s:,.0f} txn/s, "
+        f"{figures.pushes_per_s:,.0f} pushes/s, p50 {figures.p50_ms:.1f} ms, "
+        f"p99 {figures.p99_ms:.1f} ms, server CPU {figures.server_cpu_share:.0%} "
+        f"({figures.server_cpu_share * 1e6 / rate:,.0f} µs/txn), "
+        f"client CPU {figures.client_cpu_share:.0%}, {ceiling}, statuses {figures.statuses}",
+        flush=True,
     )
+    for note in report.notes:
+        print(f"  note: {note}", flush=True)
+    return figures
 
 
 async def measure(
     server_pid: int,
-    target: str,
-    port: int,
-    destination: str,
-    shapes: list[LoadShape],
+    target_name: str,
+    target: Target,
+    shapes: list[tuple[int, int]],
     args: argparse.Namespace,
-    cert: Path,
-    key: Path,
-) -> None:
-    """All shapes and runs against one target, with one set of synthetic origins.
+    tls: TlsFiles,
+) -> dict[str, float]:
+    """All shapes, user kinds and runs against one target, with one set of origins.
 
-    The origins (and so their keys) live for the whole target: a new key under
-    a reused port's server name would be a key rotation, which the receiver
-    rightly rate-limits. A warm-up transaction per origin makes every key
-    fetch happen before anything is timed.
+    Returns the median txn/s per ``"EDUSxPUSHES-users"`` label.
     """
-    clock = SystemClock()
-    async with serving_origins(args.origins, clock, cert, key) as origins:
-        warm = [
-            [
-                request_bytes(
-                    origin=origin.server_name,
-                    signing_key=origin.signing_key,
-                    destination=destination,
-                    host_header=f"127.0.0.1:{port}",
-                    txn_id="warm-up",
-                    body=transaction_body(origin.server_name, LoadShape(1, 1), 0, clock.now_ms()),
-                )
+    medians: dict[str, float] = {}
+    async with serving_origins(args.origins, SystemClock(), tls.cert, tls.key) as origins:
+        for (edus, pushes), users in itertools.product(shapes, args.users or ["warm"]):
+            settings = LoadSettings(
+                origins=args.origins,
+                users_per_origin=args.users_per_origin,
+                edus_per_txn=edus,
+                pushes_per_edu=pushes,
+                users=users,
+                rate=args.rate,
+                duration_s=args.seconds,
+                count=args.count or max(10_000, 30_000 // (edus * pushes)),
+            )
+            runs = [
+                await one_run(server_pid, target_name, target, settings, tls, origins, args, i)
+                for i in range(args.runs)
             ]
-            for origin in origins
-        ]
-        await send_requests("127.0.0.1", port, warm, clock, duration_s=120)
-        for shape_index, shape in enumerate(shapes):
-            label = f"{target}: {shape.edus_per_txn} EDU x {shape.pushes_per_edu} pushes"
-            runs = []
-            for run_index in range(args.runs):
-                figures = await one_run(
-                    server_pid, port, destination, origins, shape, args,
-                    f"s{shape_index}r{run_index}",
-                )  # fmt: skip
-                runs.append(figures)
-                print(
-                    f"{label}: run {run_index + 1}: {figures.txn_per_s:,.0f} txn/s, "
-                    f"{figures.pushes_per_s:,.0f} pushes/s, p50 {figures.p50_ms:.1f} ms, "
-                    f"p99 {figures.p99_ms:.1f} ms, server CPU {figures.server_cpu_share:.0%}, "
-                    f"{figures.server_cpu_share * 1e6 / max(figures.txn_per_s, 1e-9):,.0f} "
-                    f"µs CPU/txn, statuses {figures.statuses}",
-                    flush=True,
-                )
+            label = f"{edus}x{pushes}-{users}"
+            medians[label] = statistics.median(r.txn_per_s for r in runs)
+            ceiling = statistics.median(r.ceiling_txn_per_s or 0 for r in runs)
             print(
-                f"{label}: MEDIAN {statistics.median(r.txn_per_s for r in runs):,.0f} txn/s, "
-                f"{statistics.median(r.pushes_per_s for r in runs):,.0f} pushes/s",
+                f"{target_name} {label}: MEDIAN {medians[label]:,.0f} txn/s, "
+                f"{medians[label] * edus * pushes:,.0f} pushes/s, "
+                f"p50 {statistics.median(r.p50_ms for r in runs):.1f} ms, "
+                f"p99 {statistics.median(r.p99_ms for r in runs):.1f} ms, "
+                f"ceiling {ceiling:,.0f} txn/s",
                 flush=True,
             )
+    return medians
 
 
 def _server_pid(process: subprocess.Popen[bytes]) -> int:
@@ -245,8 +257,18 @@ def _server_pid(process: subprocess.Popen[bytes]) -> int:
     return int(children[0]) if children else process.pid
 
 
-def _measure(*arguments: object) -> None:
-    anyio.run(measure, *arguments, backend="asyncio", backend_options={"use_uvloop": True})
+def _measure(
+    server_pid: int,
+    target_name: str,
+    target: Target,
+    shapes: list[tuple[int, int]],
+    args: argparse.Namespace,
+    tls: TlsFiles,
+) -> dict[str, float]:
+    return anyio.run(
+        measure, server_pid, target_name, target, shapes, args, tls,
+        backend="asyncio", backend_options={"use_uvloop": True},
+    )  # fmt: skip
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -262,23 +284,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--target", action="append", choices=["worker", "synapse"])
     parser.add_argument("--shape", action="append", help="EDUSxPUSHES, e.g. 1x50")
-    parser.add_argument("--origins", type=int, default=64)
-    parser.add_argument("--users-per-origin", type=int, default=1_000)
+    parser.add_argument("--users", action="append", choices=["warm", "cold"])
+    parser.add_argument("--origins", type=int, default=16)
+    parser.add_argument("--users-per-origin", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--max-txns", type=int, default=60_000, help="per run, all origins")
+    parser.add_argument("--count", type=int, help="per run, all origins (default: by shape)")
+    parser.add_argument("--rate", type=float, help="open loop, txn/s (default: closed loop)")
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     parser.add_argument("--server-core", default="0")
     parser.add_argument("--client-core", default="1")
     parser.add_argument("--synapse-python", default="/opt/synapse-venv/bin/python")
+    parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--html-dir", type=Path, help="write one HTML report per run here")
     parser.add_argument("--py-spy", metavar="FILE", help="profile the worker (collapsed stacks)")
     args = parser.parse_args()
-    shapes = [
-        parse_shape(s, args.users_per_origin) for s in (args.shape or ["1x1", "1x50", "100x1"])
-    ]
+    shapes = [parse_shape(s) for s in (args.shape or ["1x1", "1x50", "100x1"])]
     if shutil.which("taskset") and args.client_core:
         os.sched_setaffinity(0, {int(args.client_core)})
-
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         ca = trustme.CA()
@@ -287,23 +312,17 @@ def main() -> None:
         ca.cert_pem.write_to_path(str(ca_file))
         cert.cert_chain_pems[0].write_to_path(str(cert_file))
         cert.private_key_pem.write_to_path(str(key_file))
-        for target in args.target or ["worker"]:
+        tls = TlsFiles(cert_file, key_file)
+        for target_name in args.target or ["worker"]:
             port = free_port()
-            if target == "worker":
+            target = Target(False, "127.0.0.1", port)
+            if target_name == "worker":
                 config = write_worker_config(workdir, port, ca_file, args.synchronous)
                 process = start_worker(config, args.server_core, args.py_spy)
-                destination = WORKER_NAME
                 try:
                     wait_healthy(port)
-                    _measure(
-                        _server_pid(process),
-                        target,
-                        port,
-                        destination,
-                        shapes,
-                        args,
-                        cert_file,
-                        key_file,
+                    results[target_name] = _measure(
+                        _server_pid(process), target_name, target, shapes, args, tls
                     )
                 finally:
                     # py-spy writes its profile when interrupted; the worker gets SIGINT.
@@ -315,18 +334,17 @@ def main() -> None:
                 )
                 try:
                     wait_synapse(port, process)
-                    _measure(
-                        _server_pid(process),
-                        target,
-                        port,
-                        SYNAPSE_NAME,
-                        shapes,
-                        args,
-                        cert_file,
-                        key_file,
+                    results[target_name] = _measure(
+                        _server_pid(process), target_name, target, shapes, args, tls
                     )
                 finally:
                     stop(process)
+    if "worker" in results and "synapse" in results:
+        for label, worker_rate in results["worker"].items():
+            synapse_rate = results["synapse"].get(label)
+            if synapse_rate:
+                print(f"ratio worker/synapse {label}: {worker_rate / synapse_rate:.1f}x")
+    print(f"load average after: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

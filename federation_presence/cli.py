@@ -14,11 +14,13 @@ thin shell over the package:
   on stdout, or the one error line on stderr;
 * ``generate-key [-o PATH] [--force]``: a new signing key in Synapse's format;
   never replaces an existing file without ``--force``;
-* ``probe`` and ``loadtest``: honest placeholders until they are built.
+* ``probe SERVER`` and ``loadtest TARGET``: their arguments, output and exit
+  codes live in ``federation_presence.loadtest.commands``.
 
 Exit codes: 0 success; 1 the worker failed at run time; 2 a usage or
 configuration mistake (argparse's own code for usage errors), including a
-listener address that cannot be bound, and a command that is not built yet.
+listener address that cannot be bound; ``probe`` and ``loadtest`` also exit 1
+when a step fails or the target refuses load.
 Invariant: a ``ConfigError`` from anywhere becomes exactly one line on stderr
 and exit 2, never a traceback. The config summary never shows a database password.
 """
@@ -42,6 +44,7 @@ from federation_presence import __version__
 from federation_presence.config import Config, load_config
 from federation_presence.errors import ConfigError, FederationPresenceError
 from federation_presence.federation import signing_keys
+from federation_presence.loadtest import commands as loadtest_commands
 
 __all__ = ["LOG_FORMAT", "PROG", "build_parser", "configure_logging", "describe_config", "main"]
 
@@ -50,11 +53,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-NOT_IMPLEMENTED = {
-    "probe": "not implemented yet",
-    "loadtest": "not implemented yet; meanwhile bench/bench_ingest.py (in the source tree)"
-    " sends signed presence load to a worker or a Synapse",
-}
 
 logger = logging.getLogger(__name__)
 
@@ -114,17 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.set_defaults(handler=_generate_key)
 
-    probe = commands.add_parser(
-        "probe", help=f"interop check of a homeserver ({NOT_IMPLEMENTED['probe']})"
-    )
-    probe.add_argument("server", metavar="SERVER", help="server name of the homeserver")
-    probe.set_defaults(handler=_not_implemented)
-
-    loadtest = commands.add_parser(
-        "loadtest", help="signed presence EDU load against a server (not implemented yet)"
-    )
-    loadtest.add_argument("target", metavar="TARGET", help="server name or base URL")
-    loadtest.set_defaults(handler=_not_implemented)
+    loadtest_commands.add_probe(commands)
+    loadtest_commands.add_loadtest(commands)
     return parser
 
 
@@ -204,11 +193,6 @@ def _generate_key(args: argparse.Namespace) -> int:
                 f' {{key: "{signing_keys.verify_key_base64(old)}", expired_ts: {now}}}'
             )
     return EXIT_OK
-
-
-def _not_implemented(args: argparse.Namespace) -> int:
-    print(f"{PROG} {args.command}: {NOT_IMPLEMENTED[args.command]}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 # --- pieces ------------------------------------------------------------------

@@ -79,7 +79,9 @@ class KeyServerApp:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json")],
+                # A target fetches each origin's key once: no keep-alive to
+                # hold up (and be cut at) the key server's shutdown.
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
             }
         )
         await send({"type": "http.response.body", "body": body})

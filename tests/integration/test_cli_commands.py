@@ -368,12 +368,22 @@ def test_help_and_version(tmp_path: Path) -> None:
     assert (version.returncode, version.stdout) == (0, "federation-presence 0.1.0\n")
 
 
-@pytest.mark.parametrize("argv", [("probe", "example.org"), ("loadtest", "example.org")])
-def test_probe_and_loadtest_are_honest_placeholders(tmp_path: Path, argv: tuple[str, str]) -> None:
-    result = _cli(tmp_path, *argv)
-    assert result.returncode == 2
-    assert f"federation-presence {argv[0]}: not implemented yet" in result.stderr
+def test_probe_of_a_dead_port_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    result = _cli(tmp_path, "probe", f"127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"probe 127.0.0.1:{port}: FAIL at connect: 127.0.0.1:{port}: ")
+    assert "refused" in result.stderr.lower()
+
+
+def test_loadtest_refuses_a_target_off_loopback_in_one_line(tmp_path: Path) -> None:
+    _assert_one_error_line(
+        _cli(tmp_path, "loadtest", "https://example.org:8448"),
+        "TARGET: 'https://example.org:8448': load tests target loopback only (127.0.0.1, ::1)",
+    )
 
 
 # --- run: the same checks as check-config, one line ------------------------------

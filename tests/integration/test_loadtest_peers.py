@@ -1,0 +1,116 @@
+"""The load client and the probe against small real peers on loopback (TLS).
+
+A slow peer shows that the open loop reports a slow target as latency, not
+as a slower client; a recording peer shows what the probe sends.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import orjson
+
+from federation_presence.clock import SystemClock
+from federation_presence.federation.signing_keys import (
+    build_server_keys_response,
+    generate_signing_key,
+)
+from federation_presence.loadtest.probe import ProbeOptions, probe
+from federation_presence.loadtest.runner import send_requests
+from tests.integration.tls_peer import TlsCertificates, serve_tls
+
+SLOW_MS = 100
+REQUEST = b"PUT /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every request 200, each after SLOW_MS."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    await SystemClock().sleep_ms(SLOW_MS)
+    await _answer(send, 200, b"{}")
+
+
+async def test_open_loop_shows_a_slow_target_as_latency(certificates: TlsCertificates) -> None:
+    # One connection, 5 transactions due every 20 ms, a target taking 100 ms each:
+    # the 5th is due at 80 ms but cannot be answered before 500 ms.
+    async with serve_tls(slow_app, certificates) as peer:
+        result = await send_requests(
+            "localhost",
+            peer.port,
+            [[REQUEST] * 5],
+            SystemClock(),
+            duration_s=30,
+            ssl_context=_context(certificates),
+            rate=50.0,
+        )
+    assert result.ok == 5
+    assert max(result.latencies_ms) >= 5 * SLOW_MS - 4 * 20
+    # Answers come >= 100 ms apart, dues 20 ms apart: the backlog grows each time.
+    assert result.latencies_ms == sorted(result.latencies_ms)
+
+
+async def test_closed_loop_counts_latency_from_the_send(certificates: TlsCertificates) -> None:
+    async with serve_tls(slow_app, certificates) as peer:
+        result = await send_requests(
+            "localhost",
+            peer.port,
+            [[REQUEST] * 3],
+            SystemClock(),
+            duration_s=30,
+            ssl_context=_context(certificates),
+        )
+    assert result.ok == 3
+    # Each from its own send (no backlog to carry): all at least the target's time.
+    assert min(result.latencies_ms) >= SLOW_MS
+
+
+def _context(certificates: TlsCertificates) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certificates.ca_path))
+
+
+async def test_the_probe_asks_for_keys_and_version_without_signing(
+    certificates: TlsCertificates,
+) -> None:
+    """A server verifies any X-Matrix header it gets (Synapse: 401 for an unknown signer)."""
+    key = generate_signing_key()
+    seen: list[tuple[str, bool]] = []
+    name = ""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        seen.append((scope["path"], b"authorization" in headers))
+        if scope["path"] == "/_matrix/key/v2/server":
+            now = SystemClock().now_ms()
+            body = orjson.dumps(build_server_keys_response(name, key, now, 3_600_000, {}))
+        else:
+            body = b'{"server":{"name":"peer","version":"1"}}'
+        await _answer(send, 200, body)
+
+    async with serve_tls(app, certificates) as peer:
+        name = f"localhost:{peer.port}"
+        options = ProbeOptions(server_name=name, ca_bundle=certificates.ca_path)
+        steps = await probe(options, SystemClock())
+    assert [(s.name, s.ok) for s in steps] == [
+        ("resolve", True),
+        ("certificate", True),
+        ("keys", True),
+        ("version", True),
+    ]
+    assert steps[-1].detail == "peer 1"
+    assert seen == [("/_matrix/key/v2/server", False), ("/_matrix/federation/v1/version", False)]
