@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
@@ -36,7 +36,7 @@ from federation_presence.clock import Clock
 from federation_presence.errors import StoreError
 from federation_presence.ids import UserId
 from federation_presence.metrics import Metrics
-from federation_presence.presence.inputs import RemotePush
+from federation_presence.presence.inputs import LocalInput, RemotePush
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.presence.model import (
     DevicePresence,
@@ -76,6 +76,7 @@ class PresenceKeeper:
         # What failed writes could not persist; carried by the next write.
         self._owed_users: dict[UserId, NotifyReason | None] = {}
         self._owed_devices: dict[tuple[UserId, str], DevicePresence] = {}
+        self._change_listeners: list[Callable[[tuple[UserPresence, ...]], None]] = []
 
     async def restore(self) -> None:
         """Load what the store holds into the machine; persist what expired meanwhile."""
@@ -98,6 +99,18 @@ class PresenceKeeper:
         await self._persist(outcome, txn)
         return outcome
 
+    async def apply_local(self, inputs: Sequence[LocalInput]) -> Outcome:
+        """Apply local inputs (authenticated) at one ``now``; returns once durable.
+
+        However many inputs (a bridge's heartbeat batch), it is one store
+        write: the machine's outcomes are merged, per user into the last
+        state with the strongest notify reason owed, per device into its last row.
+        """
+        now = self._clock.now_ms()
+        outcome = merge_outcomes([self._machine.handle(event, now) for event in inputs])
+        await self._persist(outcome)
+        return outcome
+
     async def _persist(self, outcome: Outcome, txn: InboundTxn | None = None) -> None:
         if self._owed_users or self._owed_devices:
             outcome = self._with_owed(outcome)
@@ -115,6 +128,9 @@ class PresenceKeeper:
             self.stream_id = stream_id
             event, self._stream_changed = self._stream_changed, anyio.Event()
             event.set()
+        if self._change_listeners and (notified := outcome.to_notify):
+            for listener in self._change_listeners:
+                listener(notified)
         self._maybe_wake_timers(outcome.next_deadline_ms)
 
     def _owe(self, outcome: Outcome) -> None:
@@ -141,6 +157,13 @@ class PresenceKeeper:
             changes=(*changes, *outcome.changes),
             devices=(*devices, *outcome.devices),
         )
+
+    def add_change_listener(self, listener: Callable[[tuple[UserPresence, ...]], None]) -> None:
+        """Call ``listener(states)`` after each durable write with notified states.
+
+        Called synchronously on the writer's task: it must not block or raise.
+        """
+        self._change_listeners.append(listener)
 
     async def wait_for_stream_change(self, after: int) -> None:
         """Return once the stream has moved past ``after`` (callers add their timeout)."""
@@ -177,3 +200,32 @@ class PresenceKeeper:
             except StoreError:
                 # Owed, and carried by the next write; the loop must live.
                 logger.exception("could not persist timer outcome")
+
+
+def merge_outcomes(outcomes: Sequence[Outcome]) -> Outcome:
+    """One outcome doing what ``outcomes`` did in order (the last state of each user
+    and device; each user's strongest notify reason)."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    changes: dict[UserId, StateChange] = {}
+    devices: dict[tuple[UserId, str], DevicePresence] = {}
+    pings: dict[UserId, UserPresence] = {}
+    dropped: list[str] = []
+    for outcome in outcomes:
+        for change in outcome.changes:
+            user_id = change.state.user_id
+            before = changes.pop(user_id, None)
+            reason = change.notify if before is None else _stronger(before.notify, change.notify)
+            changes[user_id] = StateChange(change.state, reason)
+        for device in outcome.devices:
+            devices[(device.user_id, device.device_id)] = device
+        for ping in outcome.federation_pings:
+            pings[ping.user_id] = ping
+        dropped.extend(outcome.dropped)
+    return Outcome(
+        tuple(changes.values()),
+        tuple(devices.values()),
+        outcomes[-1].next_deadline_ms if outcomes else None,
+        tuple(dropped),
+        tuple(pings.values()),
+    )

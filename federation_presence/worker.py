@@ -26,7 +26,6 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from federation_presence.api.app import App, Router
-from federation_presence.api.client import ClientAuth, add_client_routes
 from federation_presence.api.federation import ServerKeyResponse, add_federation_routes
 from federation_presence.api.ops import add_ops_routes
 from federation_presence.clock import Clock, SystemClock
@@ -40,6 +39,7 @@ from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.signing_keys import load_or_generate_signing_key
 from federation_presence.ids import ServerName
 from federation_presence.keeper import PresenceKeeper
+from federation_presence.local_users import LocalUsers, add_local_user_routes, build_local_users
 from federation_presence.metrics import Metrics
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.store import open_store
@@ -61,6 +61,7 @@ class RunningWorker:
     inbound: InboundTransactions
     metrics: Metrics
     ports: list[int] = field(default_factory=list)
+    local_users: LocalUsers | None = None
 
 
 class _Server(uvicorn.Server):
@@ -116,12 +117,12 @@ def build_router(
     metrics: Metrics,
     clock: Clock,
     resources: frozenset[str],
+    local_users: LocalUsers,
 ) -> Router:
     router = Router()
     if "federation" in resources:
         add_federation_routes(router, inbound, keys)
-    if "client" in resources:
-        add_client_routes(router, keeper, ClientAuth(config.admin_token), clock)
+    add_local_user_routes(router, config, local_users, keeper, clock, resources)
     if "ops" in resources:
         add_ops_routes(router, metrics)
     return router
@@ -162,6 +163,8 @@ async def running_worker(
                 transport=transport,
                 ip_policy=ip_policy,
             ) as client,
+            # Local users' side: the delegated whoami checks (auth.py).
+            httpx.AsyncClient(transport=transport) as client_http,
         ):
             keyring = Keyring(
                 fetcher=client,
@@ -197,14 +200,24 @@ async def running_worker(
             keys = ServerKeyResponse(
                 server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys
             )
+            local_users = await build_local_users(config, store, keeper, clock, client_http)
             worker = RunningWorker(config, server_name, store, keeper, inbound, metrics)
+            worker.local_users = local_users
             async with anyio.create_task_group() as tg:
                 await tg.start(keeper.run_timers)
+                await tg.start(local_users.wakeups.run)
                 await tg.start(inbound.run_txn_pruning)
                 for listener in config.listeners:
                     app = App(
                         build_router(
-                            config, inbound, keys, keeper, metrics, clock, listener.resources
+                            config,
+                            inbound,
+                            keys,
+                            keeper,
+                            metrics,
+                            clock,
+                            listener.resources,
+                            local_users,
                         ),
                         max_body_bytes=config.federation.max_request_body_bytes,
                     )
