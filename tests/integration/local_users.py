@@ -10,12 +10,11 @@ from typing import Any
 
 import anyio
 import httpx
-from anyio import wait_all_tasks_blocked
 
 from federation_presence.clock import SystemClock
 from federation_presence.config import AccessTokenConfig
 from federation_presence.worker import RunningWorker, running_worker
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, wait_all_tasks_blocked
 from tests.integration.conftest import ADMIN_TOKEN, WORKER_NAME, worker_client, worker_config
 from tests.integration.tls_peer import TlsCertificates
 
