@@ -36,7 +36,7 @@ from federation_presence.clock import Clock
 from federation_presence.errors import StoreError
 from federation_presence.ids import UserId
 from federation_presence.metrics import Metrics
-from federation_presence.presence.inputs import RemotePush
+from federation_presence.presence.inputs import LocalInput, RemotePush
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.presence.model import (
     DevicePresence,
@@ -46,6 +46,7 @@ from federation_presence.presence.model import (
     UserPresence,
 )
 from federation_presence.store.base import InboundTxn, Store
+from federation_presence.stream import PresenceStream
 
 # Notify reasons in order of precedence when several changes are owed for one
 # user: any reason beats None, a new user beats everything.
@@ -63,9 +64,16 @@ logger = logging.getLogger(__name__)
 
 class PresenceKeeper:
     def __init__(
-        self, machine: PresenceMachine, store: Store, clock: Clock, metrics: Metrics
+        self,
+        machine: PresenceMachine,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        stream: PresenceStream | None = None,
     ) -> None:
         self._machine = machine
+        self._stream = stream
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -98,6 +106,12 @@ class PresenceKeeper:
         await self._persist(outcome, txn)
         return outcome
 
+    async def apply_local(self, event: LocalInput) -> Outcome:
+        """Apply one authenticated local input; returns once durable."""
+        outcome = self._machine.handle(event, self._clock.now_ms())
+        await self._persist(outcome)
+        return outcome
+
     async def _persist(self, outcome: Outcome, txn: InboundTxn | None = None) -> None:
         if self._owed_users or self._owed_devices:
             outcome = self._with_owed(outcome)
@@ -111,6 +125,9 @@ class PresenceKeeper:
             self._owe(outcome)
             raise
         self._metrics.apply_seconds.observe(self._clock.monotonic() - started)
+        if self._stream is not None:
+            # No await since the store answered: a group's writers publish together.
+            self._stream.publish_changes(stream_id, outcome.changes)
         if stream_id > self.stream_id:
             self.stream_id = stream_id
             event, self._stream_changed = self._stream_changed, anyio.Event()

@@ -44,6 +44,7 @@ from federation_presence.metrics import Metrics
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.store import open_store
 from federation_presence.store.base import Store
+from federation_presence.stream import PresenceStream
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class RunningWorker:
     inbound: InboundTransactions
     metrics: Metrics
     ports: list[int] = field(default_factory=list)
+    stream: PresenceStream | None = None
 
 
 class _Server(uvicorn.Server):
@@ -174,7 +176,9 @@ async def running_worker(
                 ],
             )
             machine = PresenceMachine(server_name, config.presence)
-            keeper = PresenceKeeper(machine, store, clock, metrics)
+            stream = PresenceStream(store, machine.is_local)
+            await stream.open()
+            keeper = PresenceKeeper(machine, store, clock, metrics, stream=stream)
             await keeper.restore()
             inbound = InboundTransactions(
                 server_name=server_name,
@@ -198,6 +202,7 @@ async def running_worker(
                 server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys
             )
             worker = RunningWorker(config, server_name, store, keeper, inbound, metrics)
+            worker.stream = stream
             async with anyio.create_task_group() as tg:
                 await tg.start(keeper.run_timers)
                 await tg.start(inbound.run_txn_pruning)
