@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import random
 import signal
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -41,6 +42,9 @@ from federation_presence.federation.signing_keys import load_or_generate_signing
 from federation_presence.ids import ServerName
 from federation_presence.keeper import PresenceKeeper
 from federation_presence.metrics import Metrics
+from federation_presence.outbound.metrics import SenderMetrics
+from federation_presence.outbound.routing import DestinationSource, NoDestinations
+from federation_presence.outbound.sender import OutboundSender
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.store import open_store
 from federation_presence.store.base import Store
@@ -63,6 +67,7 @@ class RunningWorker:
     metrics: Metrics
     ports: list[int] = field(default_factory=list)
     stream: PresenceStream | None = None
+    sender: OutboundSender | None = None
 
 
 class _Server(uvicorn.Server):
@@ -135,8 +140,14 @@ async def running_worker(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    destinations: DestinationSource | None = None,
+    rng: random.Random | None = None,
 ) -> AsyncIterator[RunningWorker]:
-    """Start every part of a worker; yield once it is serving."""
+    """Start every part of a worker; yield once it is serving.
+
+    ``destinations``: who gets local users' presence (the routing seam; none
+    by default). ``rng``: the sender's jitter and keep-alive phases.
+    """
     clock = clock or SystemClock()
     server_name = ServerName(config.server_name)
     signing_key = load_or_generate_signing_key(config.signing_key_path)
@@ -203,8 +214,24 @@ async def running_worker(
             )
             worker = RunningWorker(config, server_name, store, keeper, inbound, metrics)
             worker.stream = stream
+            if config.federation_sender.enabled:
+                worker.sender = OutboundSender(
+                    server_name=server_name,
+                    stream=stream,
+                    store=store,
+                    client=client,
+                    destinations=destinations if destinations is not None else NoDestinations(),
+                    current=keeper.get,
+                    clock=clock,
+                    settings=config.federation_sender,
+                    presence=config.presence,
+                    rng=rng if rng is not None else random.Random(),
+                    metrics=SenderMetrics(metrics.registry),
+                )
             async with anyio.create_task_group() as tg:
                 await tg.start(keeper.run_timers)
+                if worker.sender is not None:
+                    await tg.start(worker.sender.run)
                 await tg.start(inbound.run_txn_pruning)
                 for listener in config.listeners:
                     app = App(

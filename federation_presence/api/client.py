@@ -13,14 +13,13 @@ promises (MSC3026).
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 from federation_presence.api.app import Request, Response, Router, json_response
 from federation_presence.clock import Clock
 from federation_presence.errors import PeerError
 from federation_presence.ids import UserId, parse_user_id
 from federation_presence.keeper import PresenceKeeper
-from federation_presence.presence.states import PresenceState, to_client_wire
+from federation_presence.presence.wire import presence_content
 
 SPEC_VERSIONS = ["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
                  "v1.11"]  # fmt: skip
@@ -49,24 +48,6 @@ class ClientAuth:
             token.encode(), self._admin_token.encode()
         ):
             raise PeerError(401, "M_UNKNOWN_TOKEN", "Unknown access token")
-
-
-def presence_content(
-    state: PresenceState,
-    last_active_ts: int,
-    currently_active: bool,
-    status_msg: str | None,
-    now: int,
-) -> dict[str, Any]:
-    """The client-facing presence object; ``last_active_ago`` computed at ``now``."""
-    content: dict[str, Any] = {
-        "presence": to_client_wire(state, unstable_busy=True),
-        "currently_active": currently_active,
-        "status_msg": status_msg,
-    }
-    if last_active_ts > 0:
-        content["last_active_ago"] = max(now - last_active_ts, 0)
-    return content
 
 
 def add_client_routes(

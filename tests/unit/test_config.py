@@ -367,9 +367,9 @@ ERRORS: list[tuple[str, object, str]] = [
     (
         "unknown key, far",
         {"zzz": 1},
-        "fp.yaml: zzz: unknown key; known: admin_token, database, federation, key_valid_for, "
-        "listeners, log_level, old_signing_keys, presence, presence_router, server_name, "
-        "signing_key_path",
+        "fp.yaml: zzz: unknown key; known: admin_token, database, federation, "
+        "federation_sender, key_valid_for, listeners, log_level, old_signing_keys, presence, "
+        "presence_router, server_name, signing_key_path",
     ),
     (
         "unknown nested key",
