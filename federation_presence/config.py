@@ -52,6 +52,7 @@ import yaml
 from federation_presence.errors import ConfigError
 from federation_presence.federation.ip_policy import DEFAULT_IP_RANGE_BLACKLIST, ip_range_problem
 from federation_presence.ids import parse_server_name, parse_user_id
+from federation_presence.outbound.settings import SenderSettings
 from federation_presence.presence.model import PresenceSettings
 
 __all__ = [
@@ -156,6 +157,7 @@ class Config:
     presence_router: PresenceRouterConfig | None = None
     admin_token: str | None = None
     log_level: str = "info"
+    federation_sender: SenderSettings = field(default_factory=SenderSettings)
     source: str | None = None
     access_tokens: tuple[AccessTokenConfig, ...] = ()
     delegated_auth: DelegatedAuthConfig | None = None
@@ -494,6 +496,7 @@ def parse_config(data: object, source: str | None) -> Config:
         presence_router=router if router is not None else nested_router,
         admin_token=admin_token,
         log_level=top.choice("log_level", defaults.log_level, LOG_LEVELS),
+        federation_sender=_federation_sender(top.get("federation_sender"), source),
         source=source,
         access_tokens=_access_tokens(top, server_name, admin_token),
         delegated_auth=_delegated_auth(top.get("delegated_auth"), source),
@@ -792,3 +795,49 @@ def _delegated_auth(value: object, source: str | None) -> DelegatedAuthConfig | 
         timeout_ms=section.duration("timeout", defaults.timeout_ms),
         max_cached_tokens=section.integer("max_cached_tokens", defaults.max_cached_tokens, 1),
     )
+_SENDER_KEYS = _yaml_keys(SenderSettings)
+_TXN_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9._~-]{1,32}")
+
+
+def _txn_id_prefix_problem(value: str) -> str | None:
+    if _TXN_ID_PREFIX_RE.fullmatch(value) is None:
+        return f"must be 1-32 of A-Z a-z 0-9 . _ ~ -, got {_describe(value)}"
+    return None
+
+
+def _federation_sender(value: object, source: str | None) -> SenderSettings:
+    section = _Section(value, "federation_sender", source, _SENDER_KEYS)
+    d = SenderSettings()
+    instances = tuple(section.strings("instances"))
+    if len(set(instances)) != len(instances):
+        raise section.error("instances", "lists an instance twice")
+    instance_name = section.string("instance_name", d.instance_name)
+    if instances and instance_name not in instances:
+        raise section.error(
+            "instance_name", f"{instance_name!r} is not one of instances {list(instances)}"
+        )
+    prefix = section.string("txn_id_prefix", d.txn_id_prefix)
+    problem = _txn_id_prefix_problem(prefix)
+    if problem is not None:
+        raise section.error("txn_id_prefix", problem)
+    jitter = section.number("backoff_jitter", d.backoff_jitter)
+    if jitter >= 1:
+        raise section.error("backoff_jitter", f"must be below 1, got {jitter!r}")
+    settings = SenderSettings(
+        enabled=section.boolean("enabled", d.enabled),
+        instance_name=instance_name,
+        instances=instances,
+        linger_ms=section.duration("linger", d.linger_ms),
+        pushes_per_edu=section.integer("pushes_per_edu", d.pushes_per_edu, 1, 1000),
+        edus_per_transaction=section.integer(
+            "edus_per_transaction", d.edus_per_transaction, 1, 100
+        ),
+        transaction_timeout_ms=section.duration("transaction_timeout", d.transaction_timeout_ms),
+        backoff_initial_ms=section.duration("backoff_initial", d.backoff_initial_ms),
+        backoff_max_ms=section.duration("backoff_max", d.backoff_max_ms),
+        backoff_jitter=jitter,
+        txn_id_prefix=prefix,
+    )
+    if settings.backoff_max_ms < settings.backoff_initial_ms:
+        raise section.error("backoff_max", "must not be shorter than backoff_initial")
+    return settings

@@ -46,6 +46,7 @@ from federation_presence.presence.model import (
     UserPresence,
 )
 from federation_presence.store.base import InboundTxn, Store
+from federation_presence.stream import PresenceStream
 
 # Notify reasons in order of precedence when several changes are owed for one
 # user: any reason beats None, a new user beats everything.
@@ -63,9 +64,16 @@ logger = logging.getLogger(__name__)
 
 class PresenceKeeper:
     def __init__(
-        self, machine: PresenceMachine, store: Store, clock: Clock, metrics: Metrics
+        self,
+        machine: PresenceMachine,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        stream: PresenceStream | None = None,
     ) -> None:
         self._machine = machine
+        self._stream = stream
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -99,7 +107,13 @@ class PresenceKeeper:
         await self._persist(outcome, txn)
         return outcome
 
-    async def apply_local(self, inputs: Sequence[LocalInput]) -> Outcome:
+    async def apply_local(self, event: LocalInput) -> Outcome:
+        """Apply one authenticated local input; returns once durable."""
+        outcome = self._machine.handle(event, self._clock.now_ms())
+        await self._persist(outcome)
+        return outcome
+
+    async def apply_local_batch(self, inputs: Sequence[LocalInput]) -> Outcome:
         """Apply local inputs (authenticated) at one ``now``; returns once durable.
 
         However many inputs (a bridge's heartbeat batch), it is one store
@@ -124,6 +138,9 @@ class PresenceKeeper:
             self._owe(outcome)
             raise
         self._metrics.apply_seconds.observe(self._clock.monotonic() - started)
+        if self._stream is not None:
+            # No await since the store answered: a group's writers publish together.
+            self._stream.publish_changes(stream_id, outcome.changes)
         if stream_id > self.stream_id:
             self.stream_id = stream_id
             event, self._stream_changed = self._stream_changed, anyio.Event()

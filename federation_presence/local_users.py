@@ -40,6 +40,7 @@ from federation_presence.routing.rooms import RoomDirectory
 from federation_presence.routing.synapse_compat import ModuleApi
 from federation_presence.routing.wakeups import SyncWakeups
 from federation_presence.store.base import Store
+from federation_presence.stream import PresenceStream
 
 
 @dataclass
@@ -58,6 +59,7 @@ async def build_local_users(
     config: Config,
     store: Store,
     keeper: PresenceKeeper,
+    stream: PresenceStream,
     clock: Clock,
     http: httpx.AsyncClient,
 ) -> LocalUsers:
@@ -95,7 +97,7 @@ async def build_local_users(
     wakeups = SyncWakeups(routing)
     resend.wake = wakeups.wake
     keeper.add_change_listener(wakeups.changed)
-    sync = PresenceSync(keeper, store, routing, wakeups, resend, clock)
+    sync = PresenceSync(keeper, stream, routing, wakeups, resend, clock)
     return LocalUsers(auth, rooms, routing, wakeups, resend, sync, router, whoami)
 
 

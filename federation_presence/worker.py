@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import random
 import signal
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -41,9 +42,13 @@ from federation_presence.ids import ServerName
 from federation_presence.keeper import PresenceKeeper
 from federation_presence.local_users import LocalUsers, add_local_user_routes, build_local_users
 from federation_presence.metrics import Metrics
+from federation_presence.outbound.metrics import SenderMetrics
+from federation_presence.outbound.routing import DestinationSource
+from federation_presence.outbound.sender import OutboundSender
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.store import open_store
 from federation_presence.store.base import Store
+from federation_presence.stream import PresenceStream
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ class RunningWorker:
     inbound: InboundTransactions
     metrics: Metrics
     ports: list[int] = field(default_factory=list)
+    stream: PresenceStream | None = None
+    sender: OutboundSender | None = None
     local_users: LocalUsers | None = None
 
 
@@ -134,8 +141,14 @@ async def running_worker(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    destinations: DestinationSource | None = None,
+    rng: random.Random | None = None,
 ) -> AsyncIterator[RunningWorker]:
-    """Start every part of a worker; yield once it is serving."""
+    """Start every part of a worker; yield once it is serving.
+
+    ``destinations``: who gets local users' presence (the routing seam; none
+    by default). ``rng``: the sender's jitter and keep-alive phases.
+    """
     clock = clock or SystemClock()
     server_name = ServerName(config.server_name)
     signing_key = load_or_generate_signing_key(config.signing_key_path)
@@ -177,7 +190,9 @@ async def running_worker(
                 ],
             )
             machine = PresenceMachine(server_name, config.presence)
-            keeper = PresenceKeeper(machine, store, clock, metrics)
+            stream = PresenceStream(store, machine.is_local)
+            await stream.open()
+            keeper = PresenceKeeper(machine, store, clock, metrics, stream=stream)
             await keeper.restore()
             inbound = InboundTransactions(
                 server_name=server_name,
@@ -200,12 +215,31 @@ async def running_worker(
             keys = ServerKeyResponse(
                 server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys
             )
-            local_users = await build_local_users(config, store, keeper, clock, client_http)
+            local_users = await build_local_users(config, store, keeper, stream, clock, client_http)
             worker = RunningWorker(config, server_name, store, keeper, inbound, metrics)
             worker.local_users = local_users
+            worker.stream = stream
+            if config.federation_sender.enabled:
+                worker.sender = OutboundSender(
+                    server_name=server_name,
+                    stream=stream,
+                    store=store,
+                    client=client,
+                    destinations=destinations if destinations is not None else local_users.routing,
+                    current=keeper.get,
+                    clock=clock,
+                    settings=config.federation_sender,
+                    presence=config.presence,
+                    rng=rng if rng is not None else random.Random(),
+                    metrics=SenderMetrics(metrics.registry),
+                )
+                # The router's send_local_online_presence_to, for remote users.
+                local_users.resend.send_current_presence = worker.sender.send_current_presence
             async with anyio.create_task_group() as tg:
                 await tg.start(keeper.run_timers)
                 await tg.start(local_users.wakeups.run)
+                if worker.sender is not None:
+                    await tg.start(worker.sender.run)
                 await tg.start(inbound.run_txn_pruning)
                 for listener in config.listeners:
                     app = App(

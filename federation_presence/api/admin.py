@@ -157,7 +157,7 @@ def add_admin_routes(
         for index, item in enumerate(items):
             inputs.extend(heartbeat_inputs(item, index, server_name, max_status_msg_length))
         if inputs:
-            await keeper.apply_local(inputs)
+            await keeper.apply_local_batch(inputs)
         return json_response(200, {"applied": len(items)})
 
     path = "/_presence/admin/v1/rooms/{roomId}"

@@ -19,8 +19,6 @@ clients under its unstable name ``org.matrix.msc3026.busy``, as the
 
 from __future__ import annotations
 
-from typing import Any
-
 from federation_presence.api.app import Request, Response, Router, json_response
 from federation_presence.auth import Requester, TokenAuth, request_token
 from federation_presence.clock import Clock
@@ -28,30 +26,13 @@ from federation_presence.errors import PeerError
 from federation_presence.ids import UserId, parse_user_id
 from federation_presence.keeper import PresenceKeeper
 from federation_presence.presence.inputs import SetPresence
-from federation_presence.presence.states import PresenceState, parse_presence, to_client_wire
+from federation_presence.presence.states import PresenceState, parse_presence
+from federation_presence.presence.wire import presence_content
 from federation_presence.routing.presence_routing import PresenceRouting
 
 SPEC_VERSIONS = ["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
                  "v1.11"]  # fmt: skip
 UNSTABLE_FEATURES = {"org.matrix.msc3026.busy_presence": True}
-
-
-def presence_content(
-    state: PresenceState,
-    last_active_ts: int,
-    currently_active: bool,
-    status_msg: str | None,
-    now: int,
-) -> dict[str, Any]:
-    """The client-facing presence object; ``last_active_ago`` computed at ``now``."""
-    content: dict[str, Any] = {
-        "presence": to_client_wire(state, unstable_busy=True),
-        "currently_active": currently_active,
-        "status_msg": status_msg,
-    }
-    if last_active_ts > 0:
-        content["last_active_ago"] = max(now - last_active_ts, 0)
-    return content
 
 
 def path_user_id(request: Request) -> UserId:
@@ -138,7 +119,7 @@ def add_client_routes(
         status_msg_set = "status_msg" in body
         status_msg = checked_status_msg(body.get("status_msg"), max_status_msg_length)
         await keeper.apply_local(
-            [SetPresence(requester.user_id, requester.device_id, state, status_msg, status_msg_set)]
+            SetPresence(requester.user_id, requester.device_id, state, status_msg, status_msg_set)
         )
         return json_response(200, {})
 

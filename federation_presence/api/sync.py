@@ -32,7 +32,6 @@ from typing import Any
 import anyio
 
 from federation_presence.api.app import Request, Response, Router, json_response
-from federation_presence.api.client import presence_content
 from federation_presence.auth import TokenAuth, request_token
 from federation_presence.clock import Clock
 from federation_presence.errors import PeerError
@@ -41,11 +40,12 @@ from federation_presence.keeper import PresenceKeeper
 from federation_presence.presence.inputs import SyncEnded, SyncStarted
 from federation_presence.presence.model import UserPresence
 from federation_presence.presence.states import PresenceState, parse_presence
+from federation_presence.presence.wire import presence_content
 from federation_presence.routing.modules import Interest
 from federation_presence.routing.presence_routing import PresenceRouting
 from federation_presence.routing.resend import OnlinePresenceResend
 from federation_presence.routing.wakeups import SyncWakeups
-from federation_presence.store.base import Store
+from federation_presence.stream import PresenceStream
 
 MAX_TIMEOUT_MS = 5 * 60_000
 STREAM_PAGE = 500
@@ -107,14 +107,14 @@ class PresenceSync:
     def __init__(
         self,
         keeper: PresenceKeeper,
-        store: Store,
+        stream: PresenceStream,
         routing: PresenceRouting,
         wakeups: SyncWakeups,
         resend: OnlinePresenceResend,
         clock: Clock,
     ) -> None:
         self._keeper = keeper
-        self._store = store
+        self._stream = stream
         self._routing = routing
         self._wakeups = wakeups
         self._resend = resend
@@ -123,8 +123,8 @@ class PresenceSync:
     async def current(self, user_id: UserId, interest: Interest) -> list[UserPresence]:
         """Current presence of everyone ``user_id`` is interested in (at most MAX_EVENTS)."""
         if interest.all_users:
-            rows = await self._store.stream_since(0, MAX_EVENTS)
-            candidates: set[UserId] = {row.state.user_id for row in rows}
+            entries, _ = await self._stream.since(0, MAX_EVENTS)
+            candidates: set[UserId] = {entry.user_id for entry in entries}
         else:
             candidates = set(interest.users)
         candidates.add(user_id)
@@ -139,12 +139,15 @@ class PresenceSync:
         shown: list[UserPresence] = []
         position = after
         while len(shown) < MAX_EVENTS:
-            page = await self._store.stream_since(position, STREAM_PAGE)
-            if not page:
+            entries, next_position = await self._stream.since(position, STREAM_PAGE)
+            if entries:
+                # One user may be on the window several times: the latest wins.
+                latest = {entry.user_id: entry.state for entry in entries}
+                shown.extend(await self._routing.visible(user_id, interest, list(latest.values())))
+            if next_position == position:
                 break
-            position = page[-1].stream_id
-            shown.extend(await self._routing.visible(user_id, interest, [r.state for r in page]))
-            if len(page) < STREAM_PAGE:
+            position = next_position
+            if len(entries) < STREAM_PAGE:
                 break
         return shown, position
 
@@ -153,7 +156,7 @@ class PresenceSync:
     ) -> tuple[list[UserPresence], int]:
         interest = await self._routing.interest(user_id)
         if since is None or full_state or self._resend.take_full(user_id):
-            position = self._keeper.stream_id
+            position = self._stream.current_id
             return await self.current(user_id, interest), max(position, since or 0)
         deadline = self._clock.now_ms() + timeout_ms
         with self._wakeups.waiting(user_id, interest) as waiter:
@@ -203,12 +206,12 @@ def add_sync_routes(
         set_presence = parse_set_presence(query.get("set_presence"))
         full_state = parse_bool(query.get("full_state"), "full_state")
         user_id, device_id = requester.user_id, requester.device_id
-        await keeper.apply_local([SyncStarted(user_id, device_id, set_presence)])
+        await keeper.apply_local(SyncStarted(user_id, device_id, set_presence))
         try:
             states, position = await sync.poll(user_id, since, timeout_ms, full_state)
         finally:
             with anyio.CancelScope(shield=True):
-                await keeper.apply_local([SyncEnded(user_id, device_id, set_presence)])
+                await keeper.apply_local(SyncEnded(user_id, device_id, set_presence))
         return json_response(200, sync_body(states, position, clock.now_ms()))
 
     router.add("GET", "/_matrix/client/v3/sync", handle_sync)

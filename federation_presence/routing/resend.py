@@ -4,7 +4,8 @@ As in Synapse: a *local* user in ``users`` gets, on their next ``/sync``, the
 full current presence of everyone they are interested in (their waiting
 long-poll is woken for it); a *remote* user's server is sent the current
 state of every local user who is not offline, through the outbound sender's
-``send_current_presence(destinations, user_ids)``. Until a sender is attached
+``send_current_presence(destinations, user_ids)`` (which queues them; the
+sender's own loop sends). Until a sender is attached
 (a worker without outbound federation), the remote part is logged and skipped.
 
 ``pending_full`` is bounded by our local users; an entry is taken by the
@@ -22,7 +23,7 @@ from federation_presence.presence.states import PresenceState
 
 logger = logging.getLogger(__name__)
 
-SendCurrentPresence = Callable[[Collection[ServerName], Collection[UserId]], Awaitable[None]]
+SendCurrentPresence = Callable[[Collection[str], Collection[UserId]], None]
 
 
 class OnlinePresenceResend:
@@ -67,4 +68,4 @@ class OnlinePresenceResend:
             if user.user_id.endswith(self._suffix) and user.state is not PresenceState.OFFLINE
         ]
         if online:
-            await self.send_current_presence(servers, online)
+            self.send_current_presence(servers, online)

@@ -368,8 +368,8 @@ ERRORS: list[tuple[str, object, str]] = [
         "unknown key, far",
         {"zzz": 1},
         "fp.yaml: zzz: unknown key; known: access_tokens, admin_token, database, delegated_auth, "
-        "federation, key_valid_for, listeners, log_level, old_signing_keys, presence, "
-        "presence_router, server_name, signing_key_path",
+        "federation, federation_sender, key_valid_for, listeners, log_level, old_signing_keys, "
+        "presence, presence_router, server_name, signing_key_path",
     ),
     (
         "unknown nested key",
