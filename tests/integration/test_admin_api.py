@@ -90,7 +90,7 @@ async def test_a_heartbeat_batch_is_one_store_write(local: LocalWorker) -> None:
     assert response.json() == {"applied": 501}
     assert (store.stats.commits - commits, store.stats.applies - applies) == (1, 1)
     assert await local.state_of(users[1]) == "online"
-    first = (await local.http.get(f"/_matrix/client/v3/presence/{users[0]}/status", headers=ADMIN))
+    first = await local.http.get(f"/_matrix/client/v3/presence/{users[0]}/status", headers=ADMIN)
     assert (first.json()["presence"], first.json()["status_msg"]) == (
         "org.matrix.msc3026.busy",
         "call",
@@ -116,7 +116,10 @@ async def test_heartbeats_keep_a_bridged_user_online_and_offline_ends_it(
     ("entry", "errcode"),
     [
         ({"device_id": "d", "presence": "online"}, "M_MISSING_PARAM"),
-        ({"user_id": "@x:elsewhere.test", "device_id": "d", "presence": "online"}, "M_INVALID_PARAM"),
+        (
+            {"user_id": "@x:elsewhere.test", "device_id": "d", "presence": "online"},
+            "M_INVALID_PARAM",
+        ),
         ({"user_id": ALICE, "device_id": "", "presence": "online"}, "M_INVALID_PARAM"),
         ({"user_id": ALICE, "device_id": "d", "presence": "zzz"}, "M_INVALID_PARAM"),
         ({"user_id": ALICE, "device_id": "d", "presence": "online", "active": 1}, "M_BAD_JSON"),
@@ -131,9 +134,7 @@ async def test_one_bad_heartbeat_refuses_the_whole_batch(
     local: LocalWorker, entry: object, errcode: str
 ) -> None:
     good = {"user_id": BOB, "device_id": "d", "presence": "online"}
-    response = await local.http.post(
-        HEARTBEATS, json={"heartbeats": [good, entry]}, headers=ADMIN
-    )
+    response = await local.http.post(HEARTBEATS, json={"heartbeats": [good, entry]}, headers=ADMIN)
     assert (response.status_code, response.json()["errcode"]) == (400, errcode)
     assert "heartbeats[1]" in response.json()["error"]
     assert local.worker.keeper.get(BOB) is None  # type: ignore[arg-type]

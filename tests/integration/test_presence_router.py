@@ -110,7 +110,8 @@ async def test_send_local_online_presence_to_gives_a_local_user_full_presence(
         answered.set()
 
     local = example.worker.local_users
-    assert local is not None and local.router is not None
+    assert local is not None
+    assert local.router is not None
     module_api = local.router._module._module_api
     async with anyio.create_task_group() as tg:
         tg.start_soon(long_poll)
