@@ -177,7 +177,7 @@ async def running_worker(
                 ip_policy=ip_policy,
             ) as client,
             # Local users' side: the delegated whoami checks (auth.py).
-            httpx.AsyncClient(transport=transport) as client_http,
+            httpx.AsyncClient(transport=transport, verify=_whoami_verify(config)) as client_http,
         ):
             keyring = Keyring(
                 fetcher=client,
@@ -311,6 +311,15 @@ def run(config: Config) -> int:
         logger.error("could not start: %s", exc)
         return 1
     return 0
+
+
+def _whoami_verify(config: Config) -> ssl.SSLContext | bool:
+    """TLS verification of delegated-auth calls: as for federation (``ca_bundle`` added)."""
+    if not config.federation.verify_certificates:
+        return False
+    if config.federation.ca_bundle is None:
+        return True
+    return ssl.create_default_context(cafile=str(config.federation.ca_bundle))
 
 
 def _any_tls(config: Config) -> bool:
