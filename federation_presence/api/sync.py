@@ -172,16 +172,13 @@ class PresenceSync:
 
 
 def sync_body(states: list[UserPresence], position: int, now: int) -> dict[str, Any]:
-    events = [
-        {
-            "type": "m.presence",
-            "sender": s.user_id,
-            "content": presence_content(
-                s.state, s.last_active_ts, s.currently_active, s.status_msg, now
-            ),
-        }
-        for s in states
-    ]
+    events = []
+    for s in states:
+        content = presence_content(s.state, s.last_active_ts, s.currently_active, s.status_msg, now)
+        if content["status_msg"] is None:
+            # The m.presence event schema has status_msg as an optional string (not null).
+            del content["status_msg"]
+        events.append({"type": "m.presence", "sender": s.user_id, "content": content})
     return {
         "next_batch": f"p{position}",
         "presence": {"events": events},
