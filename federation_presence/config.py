@@ -795,6 +795,8 @@ def _delegated_auth(value: object, source: str | None) -> DelegatedAuthConfig | 
         timeout_ms=section.duration("timeout", defaults.timeout_ms),
         max_cached_tokens=section.integer("max_cached_tokens", defaults.max_cached_tokens, 1),
     )
+
+
 _SENDER_KEYS = _yaml_keys(SenderSettings)
 _TXN_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9._~-]{1,32}")
 

@@ -260,6 +260,8 @@ async def running_worker(
                 try:
                     yield worker
                 finally:
+                    # Long-polls answer now, while the store is open.
+                    local_users.wakeups.close()
                     tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):

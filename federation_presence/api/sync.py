@@ -163,10 +163,12 @@ class PresenceSync:
             while True:
                 waiter.event = anyio.Event()
                 states, position = await self.since(user_id, interest, since)
-                if states or self._clock.now_ms() >= deadline:
+                if states or self._wakeups.is_closed() or self._clock.now_ms() >= deadline:
                     return states, position
                 since = position
                 await wait_until(self._clock, waiter.event, deadline)
+                if self._wakeups.is_closed():
+                    return [], position
                 if self._resend.take_full(user_id):
                     return await self.current(user_id, interest), max(self._keeper.stream_id, since)
 

@@ -16,7 +16,9 @@ concerns and sets their events:
 Everyone else sleeps on. A waiter woken for a change it then finds
 invisible (a race with a room change) simply reads nothing and waits again.
 With no waiters, ``changed`` does nothing: a poll that starts later reads the
-stream from its ``since`` anyway.
+stream from its ``since`` anyway. ``close`` (worker shutdown) wakes everyone,
+so long-polls answer within the server's grace period, while the store is
+still open for their ``SyncEnded``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ class SyncWakeups:
         self._pending_event = anyio.Event()
         self.waiting_count = 0
         self.woken = 0
+        self._closed = False
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """The worker is stopping: wake every waiter now (they answer what they have)."""
+        self._closed = True
+        for waiters in list(self._by_user.values()):
+            for waiter in list(waiters):
+                self._wake(waiter)
 
     def changed(self, states: Sequence[UserPresence]) -> None:
         """Notified states were made durable (called by the keeper; never blocks)."""

@@ -10,6 +10,7 @@ importing the worker and hands the loaded ``Config`` to ``worker.run``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,8 @@ import trustme
 from signedjson.key import read_signing_keys
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "federation-presence.example.yaml"
+# The checkout under test comes first, whatever copy the environment installed.
+CHILD_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 DEV_TLS = Path(__file__).resolve().parents[2] / "deploy" / "dev-tls.md"
 KEY_LINE = re.compile(r"ed25519 (a_[A-Za-z0-9]{4}) ([A-Za-z0-9+/]{43})\n")
 
@@ -29,6 +32,7 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "federation_presence", *args],
         cwd=cwd,
+        env=CHILD_ENV,
         capture_output=True,
         text=True,
         timeout=60,
@@ -40,6 +44,7 @@ def _python(cwd: Path, script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", script],
         cwd=cwd,
+        env=CHILD_ENV,
         capture_output=True,
         text=True,
         timeout=60,
