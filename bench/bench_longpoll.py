@@ -7,7 +7,9 @@ raw HTTP/1.1 over asyncio streams (uvloop), one keep-alive connection each.
 
 ``fanout``: ``--clients`` local users (one configured token each), in rooms
 of ``--room-size``, each holding a ``/sync?since=..&timeout=60000``
-long-poll, re-issued as soon as it answers. After the ramp (every client
+long-poll (``set_presence=--set-presence``, default ``unavailable``: no
+activity, so no ``currently_active`` expiry 60 s later wakes whole rooms in
+the middle of the measurement), re-issued as soon as it answers. After the ramp (every client
 synced once and the stream quiet), each round PUTs a new presence (and
 status_msg) for one random user; the clients of that user's room (the user
 included) must wake. Wake-up latency = from just before the PUT is written to
@@ -144,8 +146,11 @@ async def wait_healthy(port: int) -> None:
 
 
 class Fanout:
-    def __init__(self, port: int, clients: int, room_size: int) -> None:
+    def __init__(self, port: int, clients: int, room_size: int, set_presence: str) -> None:
         self.port = port
+        self.set_presence = set_presence
+        self.errors: list[str] = []
+        self.round_max: list[float] = []
         self.clients = clients
         self.room_size = room_size
         self.round = -1
@@ -173,18 +178,29 @@ class Fanout:
             assert status == 200, text
         conn.close()
 
-    async def client(self, i: int, ready: asyncio.Event) -> None:
-        conn = await Conn.open(self.port)
-        status, body = await conn.request("GET", "/_matrix/client/v3/sync", f"t{i}")
+    async def first_syncs(self, i: int, conn: Conn) -> str:
+        """An initial sync, then one catching up with everyone else's first: a fresh since."""
+        query = f"set_presence={self.set_presence}"
+        status, body = await conn.request("GET", f"/_matrix/client/v3/sync?{query}", f"t{i}")
+        assert status == 200, body
+        return str(json.loads(body)["next_batch"])
+
+    async def client(self, i: int, conn: Conn, since: str, ready: asyncio.Event) -> None:
+        query = f"set_presence={self.set_presence}"
+        status, body = await conn.request(
+            "GET", f"/_matrix/client/v3/sync?{query}&since={since}&timeout=0", f"t{i}"
+        )
         assert status == 200, body
         since = json.loads(body)["next_batch"]
         ready.set()
         while True:
             status, body = await conn.request(
-                "GET", f"/_matrix/client/v3/sync?since={since}&timeout=60000", f"t{i}"
+                "GET", f"/_matrix/client/v3/sync?{query}&since={since}&timeout=60000", f"t{i}"
             )
             now = time.perf_counter()
-            assert status == 200, body
+            if status != 200:
+                self.errors.append(f"{status} {body[:200]!r}")
+                continue
             since = json.loads(body)["next_batch"]
             self.answers += 1
             self.last_answer = now
@@ -200,12 +216,26 @@ class Fanout:
 
     async def run(self, rounds: int, gap_ms: int, rng: random.Random) -> dict[str, float]:
         await self.setup_rooms()
+        # Ramp, without long-polls yet: each client's first sync (which
+        # notifies its room), then one more each to catch up (a fresh since).
+        conns = []
+        for start in range(0, self.clients, 500):
+            conns += await asyncio.gather(
+                *(Conn.open(self.port) for _ in range(start, min(start + 500, self.clients)))
+            )
+        sinces: list[str] = []
+        for start in range(0, self.clients, 500):
+            sinces += await asyncio.gather(
+                *(
+                    self.first_syncs(i, conns[i])
+                    for i in range(start, min(start + 500, self.clients))
+                )
+            )
         readies = [asyncio.Event() for _ in range(self.clients)]
-        tasks = []
-        for i in range(self.clients):
-            tasks.append(asyncio.create_task(self.client(i, readies[i])))
-            if i % 200 == 199:
-                await asyncio.sleep(0)  # let connections open in waves
+        tasks = [
+            asyncio.create_task(self.client(i, conns[i], sinces[i], readies[i]))
+            for i in range(self.clients)
+        ]
         for ready in readies:
             await ready.wait()
         # Ramp: everyone's first syncs notify their rooms; wait for quiet.
@@ -226,16 +256,23 @@ class Fanout:
             )
             assert status == 200, text
             await asyncio.wait_for(self.round_done.wait(), 30)
+            self.round_max.append(max(self.latencies[-len(self.expected) :]))
             await asyncio.sleep(gap_ms / 1000)
         for task in tasks:
             task.cancel()
+        for error in self.errors[:5]:
+            print("error:", error)
         changer.close()
         lat = sorted(self.latencies)
         return {
             "wakeups": len(lat),
             "p50_ms": 1000 * lat[len(lat) // 2],
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "slowest_round_ms": 1000 * max(self.round_max),
+            "slowest_round": float(self.round_max.index(max(self.round_max))),
+            "median_round_max_ms": 1000 * statistics.median(self.round_max),
             "spurious": self.spurious,
+            "errors": len(self.errors),
         }
 
 
@@ -296,7 +333,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
             async def main() -> dict[str, float]:
                 await wait_healthy(port)
                 if args.mode == "fanout":
-                    fanout = Fanout(port, args.clients, args.room_size)
+                    fanout = Fanout(port, args.clients, args.room_size, args.set_presence)
                     return await fanout.run(args.rounds, args.gap_ms, random.Random(run))
                 return await heartbeats(port, args.batch, args.concurrency, args.seconds)
 
@@ -312,6 +349,7 @@ def main() -> None:
     parser.add_argument("--room-size", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--gap-ms", type=int, default=50)
+    parser.add_argument("--set-presence", default="unavailable")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
