@@ -93,14 +93,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 class Conn:
     """One keep-alive HTTP/1.1 connection; one request at a time."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.port = port
         self.reader = reader
         self.writer = writer
 
     @classmethod
     async def open(cls, port: int) -> Conn:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-        return cls(reader, writer)
+        return cls(port, reader, writer)
 
     def send(self, method: str, target: str, token: str, body: bytes = b"") -> None:
         head = (
@@ -123,8 +126,20 @@ class Conn:
     async def request(
         self, method: str, target: str, token: str, body: bytes = b""
     ) -> tuple[int, bytes]:
-        self.send(method, target, token, body)
-        return await self.response()
+        """One request; a keep-alive connection the server closed (uvicorn closes
+        idle ones after 5 s) is reopened once."""
+        for attempt in (1, 2):
+            try:
+                self.send(method, target, token, body)
+                return await self.response()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                if attempt == 2:
+                    raise
+                self.writer.close()
+                self.reader, self.writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, limit=1 << 22
+                )
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self.writer.close()
@@ -151,6 +166,7 @@ class Fanout:
         self.set_presence = set_presence
         self.errors: list[str] = []
         self.round_max: list[float] = []
+        self.missed = 0
         self.clients = clients
         self.room_size = room_size
         self.round = -1
@@ -255,7 +271,16 @@ class Fanout:
                 "PUT", f"/_matrix/client/v3/presence/@u{i}:{SERVER}/status", f"t{i}", body
             )
             assert status == 200, text
-            await asyncio.wait_for(self.round_done.wait(), 30)
+            try:
+                await asyncio.wait_for(self.round_done.wait(), 30)
+            except TimeoutError:
+                missing = sorted(self.expected - self.woken_this_round)
+                self.missed += len(missing)
+                dead = [(i, repr(tasks[i].exception())[:200]) for i in missing if tasks[i].done()]
+                print(
+                    f"round {r}: {len(missing)} not woken in 30 s: {missing[:10]}; dead {dead[:3]}"
+                )
+                continue
             self.round_max.append(max(self.latencies[-len(self.expected) :]))
             await asyncio.sleep(gap_ms / 1000)
         for task in tasks:
@@ -273,6 +298,7 @@ class Fanout:
             "median_round_max_ms": 1000 * statistics.median(self.round_max),
             "spurious": self.spurious,
             "errors": len(self.errors),
+            "missed": self.missed,
         }
 
 

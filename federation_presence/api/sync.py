@@ -11,9 +11,10 @@ Each call is its device's heartbeat (DESIGN.md's transitions): a
 after, shielded from cancellation, so a device is "syncing" exactly while a
 request is in flight and the sync timeout counts from its end.
 
-Without ``since`` (or with ``full_state=true``, or after the router asked
-for it with ``send_local_online_presence_to``) the answer is the current
-presence of everyone the caller is interested in: themselves, their room
+Without ``since`` (or with ``full_state=true``, or more than ``MAX_BEHIND``
+stream positions behind, or after the router asked for it with
+``send_local_online_presence_to``) the answer is the current presence of
+everyone the caller is interested in: themselves, their room
 mates and the router's interest. With ``since`` it is the stream rows after
 it that the caller may see (``PresenceRouting.visible``); if there are none
 and ``timeout`` > 0 the request registers a ``Waiter`` and sleeps on its
@@ -50,6 +51,9 @@ from federation_presence.stream import PresenceStream
 MAX_TIMEOUT_MS = 5 * 60_000
 STREAM_PAGE = 500
 MAX_EVENTS = 1_000
+# A caller further behind than this gets current state instead of the changes
+# it missed (as Synapse does): reading them would cost the worker O(missed).
+MAX_BEHIND = 1_000
 
 
 def parse_since(value: str | None) -> int | None:
@@ -155,8 +159,13 @@ class PresenceSync:
         self, user_id: UserId, since: int | None, timeout_ms: int, full_state: bool
     ) -> tuple[list[UserPresence], int]:
         interest = await self._routing.interest(user_id)
-        if since is None or full_state or self._resend.take_full(user_id):
-            position = self._stream.current_id
+        position = self._stream.current_id
+        if (
+            since is None
+            or full_state
+            or position - since > MAX_BEHIND
+            or self._resend.take_full(user_id)
+        ):
             return await self.current(user_id, interest), max(position, since or 0)
         deadline = self._clock.now_ms() + timeout_ms
         with self._wakeups.waiting(user_id, interest) as waiter:

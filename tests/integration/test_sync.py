@@ -216,3 +216,20 @@ async def test_sync_without_a_valid_token_is_401(local: LocalWorker) -> None:
     assert (response.status_code, response.json()["errcode"]) == (401, "M_MISSING_TOKEN")
     response = await local.sync("nope")
     assert (response.status_code, response.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+
+
+async def test_a_caller_too_far_behind_gets_current_state(
+    local: LocalWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from federation_presence.api import sync as sync_module
+
+    monkeypatch.setattr(sync_module, "MAX_BEHIND", 2)
+    await local.set_room("!r:fp.test", [ALICE, BOB])
+    since = (await local.sync("bob")).json()["next_batch"]
+    for state in ("online", "unavailable", "busy"):
+        await local.put_status("carol", CAROL, {"presence": state})
+    await local.put_status("alice-a", ALICE, {"presence": "online"})
+    body = (await local.sync("bob", since=since)).json()
+    # Not carol's three changes: the current state of bob's interests.
+    assert presence_of(body) == {ALICE: "online", BOB: "online"}
+    assert int(body["next_batch"][1:]) == local.worker.stream.current_id  # type: ignore[union-attr]
