@@ -39,3 +39,22 @@ def test_deleting_or_emptying_a_room_leaves_nothing() -> None:
     assert graph.room_count == 0
     assert graph.members("!2") is None
     assert graph._rooms_of == {}
+
+
+def test_the_room_graph_and_the_synapse_shim_import_no_io() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.unit.test_core_is_pure import FORBIDDEN
+
+    program = (
+        "import json, sys\n"
+        "import federation_presence.routing.interest, federation_presence.routing.synapse_compat\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(json.loads(result.stdout))
+    assert not [m for m in loaded if any(m == f or m.startswith(f"{f}.") for f in FORBIDDEN)]
