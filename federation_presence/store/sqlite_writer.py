@@ -146,6 +146,16 @@ class Read:
         self.presence = presence
 
 
+class SeparateWrite:
+    """A write in a transaction of its own (a prune), never in a group commit."""
+
+    __slots__ = ("fn", "fut")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], object], fut: asyncio.Future[Any]):
+        self.fn = fn
+        self.fut = fut
+
+
 Write = ApplyWrite | CallWrite
 
 
@@ -353,6 +363,25 @@ class SqliteWriter:
             else:
                 settled.append((w.fut, next(call_answers), None))
 
+    def run_separate(self, item: SeparateWrite, settled: Settled) -> None:
+        """``item`` alone in one transaction (it touches no journal or stream state)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                answer = item.fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except Exception as exc:
+            settled.append((item.fut, None, store_error("write transaction failed", exc)))
+            return
+        self.stats.prunes += 1
+        rows = answer if isinstance(answer, int) else 0
+        self._wal_bytes += _PAGE_BYTES * (1 + rows // 32)  # ~32 txn rows a page
+        settled.append((item.fut, answer, None))
+
     # -- reads ----------------------------------------------------------------
 
     def run_read(self, item: Read) -> tuple[asyncio.Future[Any], object, BaseException | None]:
@@ -361,9 +390,9 @@ class SqliteWriter:
         except Exception as exc:
             return (item.fut, None, store_error("read failed", exc))
 
-    def load_txn_filter(self, capacity: int) -> TxnFilter:
+    def load_txn_filter(self, capacity: int, retention_ms: int) -> TxnFilter:
         """A filter holding every stored transaction's key, oldest first."""
-        txn_filter = TxnFilter(capacity)
+        txn_filter = TxnFilter(capacity, retention_ms=retention_ms)
         for origin, txn_id, received_ts in self._conn.execute(
             "SELECT origin, txn_id, received_ts FROM inbound_txns ORDER BY received_ts"
         ):
