@@ -730,19 +730,22 @@ def _postgres_dsn(args: _Section) -> str:
     return f"{url}?host={quote(host, safe='')}" if socket_dir and host else url
 
 
-_PRESENCE_TIMERS = _yaml_keys(PresenceSettings)
+_PRESENCE_TIMERS = _yaml_keys(PresenceSettings, "offline_cache_size")
 
 
 def _presence(
     value: object, source: str | None
 ) -> tuple[PresenceSettings, PresenceRouterConfig | None]:
-    section = _Section(value, "presence", source, (*_PRESENCE_TIMERS, "presence_router"))
+    section = _Section(
+        value, "presence", source, (*_PRESENCE_TIMERS, "offline_cache_size", "presence_router")
+    )
     defaults = PresenceSettings()
     settings = PresenceSettings(
         **{
             f"{name}_ms": section.duration(name, getattr(defaults, f"{name}_ms"))
             for name in _PRESENCE_TIMERS
-        }
+        },
+        offline_cache_size=section.integer("offline_cache_size", defaults.offline_cache_size, 0),
     )
     router_value = section.get("presence_router")
     if router_value is None:

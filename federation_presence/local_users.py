@@ -93,7 +93,7 @@ async def build_local_users(
     if config.presence_router is not None:
         module = load_router(config.presence_router, ModuleApi(server_name, resend.send))
         router = GuardedRouter(module, clock)
-    routing = PresenceRouting(server_name, rooms.graph, keeper.get, router)
+    routing = PresenceRouting(server_name, rooms.graph, keeper.held, router)
     wakeups = SyncWakeups(routing)
     resend.wake = wakeups.wake
     keeper.add_change_listener(wakeups.changed)

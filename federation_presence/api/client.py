@@ -91,7 +91,7 @@ def add_client_routes(
             requester = await auth.requester(token)
             if not await routing.can_see(requester.user_id, target):
                 raise PeerError(403, "M_FORBIDDEN", "You are not allowed to see their presence.")
-        user = keeper.get(target)
+        user = await keeper.get(target)
         if user is None:
             raise PeerError(404, "M_NOT_FOUND", "no presence known for this user")
         return json_response(

@@ -133,8 +133,14 @@ class PresenceSync:
             candidates = set(interest.users)
         candidates.add(user_id)
         candidates.update(self._routing.room_mates(user_id))
-        found = [s for u in sorted(candidates) if (s := self._keeper.get(u)) is not None]
-        return found[:MAX_EVENTS]
+        found: list[UserPresence] = []
+        for candidate in sorted(candidates):
+            state = await self._keeper.get(candidate)
+            if state is not None:
+                found.append(state)
+                if len(found) >= MAX_EVENTS:
+                    break
+        return found
 
     async def since(
         self, user_id: UserId, interest: Interest, after: int

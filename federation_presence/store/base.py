@@ -167,6 +167,21 @@ class Store(Protocol):
 
     async def get_user(self, user_id: str) -> UserPresence | None: ...
 
+    async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
+        """The stored state of those of ``user_ids`` the store has (any order), in one read.
+
+        The keeper's read-through of users the machine evicted: it sees every
+        committed ``apply`` (a journalling store folds only as far as the
+        newest entry holding one of them).
+        """
+        ...
+
+    async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
+        """What a restarted machine must hold: users not offline, and every user
+        whose id ends with ``local_suffix`` (ours). Offline remote users stay
+        in the store and are read through when they come back."""
+        ...
+
     async def current_stream_id(self) -> int: ...
 
     async def stream_since(self, after: int, limit: int) -> list[StreamRow]:

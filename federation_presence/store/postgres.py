@@ -366,6 +366,20 @@ class PostgresStore:
         rows = await self._fetch(f"{_SELECT_USER} WHERE user_id = $1", user_id)
         return _user(rows[0]) if rows else None
 
+    async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
+        if not user_ids:
+            return []
+        rows = await self._fetch(f"{_SELECT_USER} WHERE user_id = ANY($1::text[])", list(user_ids))
+        return [_user(r) for r in rows]
+
+    async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
+        rows = await self._fetch(
+            f"{_SELECT_USER} WHERE state <> 'offline' OR right(user_id, $1) = $2",
+            len(local_suffix),
+            local_suffix,
+        )
+        return [_user(r) for r in rows]
+
     async def current_stream_id(self) -> int:
         rows = await self._fetch(_MAX_STREAM_ID)
         return int(rows[0][0])

@@ -52,7 +52,9 @@ coalescing is what pays for the fold (``stats.fold_rows_written`` against
   it (and take the core from the loop);
 * before a read of the presence tables (``load_users``, ``load_devices``,
   ``get_user``, ``stream_since``, ``current_stream_id``): everything, so
-  reads are exact;
+  reads are exact; ``get_users`` (the keeper's read-through of evicted
+  users) folds only as far as the newest entry holding one of its users,
+  which for users evicted a while ago is little or nothing;
 * at ``open`` (whatever a ``kill -9`` left) and at ``close``.
 
 Bounds. A fold reads at most ``fold_chunk_rows`` (20,000) journal rows and
@@ -65,6 +67,11 @@ distinct user or device in it (~10 MB for 64k users, ~70 MB if all 500,000
 rows were distinct users). Measured with 64k users: a smaller journal
 supersedes less and folds cost more (fold writes per row applied: 18% at
 100k rows, 2% at 250k, under 0.1% at 500k).
+
+Memory. Once a burst of at least ``sqlite_writer.RELEASE_AFTER_ROWS`` rows
+has been folded and the writer idles with an empty journal, it gives its
+page cache (``PRAGMA shrink_memory``) and the process's free heap
+(``memory.release_free_memory``) back to the system.
 
 Checkpoints. The store checkpoints the WAL itself (``PASSIVE``) once about
 ``sqlite_writer.CHECKPOINT_BYTES`` were written, after the round's callers
@@ -162,7 +169,17 @@ class _Stop:
         self.fut = fut
 
 
-_Item = list[Write] | Read | SeparateWrite | _Stop
+class _UsersRead:
+    """``get_users``: a read that folds only as much of the journal as it needs."""
+
+    __slots__ = ("fut", "user_ids")
+
+    def __init__(self, user_ids: list[str], fut: asyncio.Future[Any]):
+        self.user_ids = user_ids
+        self.fut = fut
+
+
+_Item = list[Write] | Read | SeparateWrite | _Stop | _UsersRead
 
 
 class SqliteStore:
@@ -292,6 +309,16 @@ class SqliteStore:
 
     async def get_user(self, user_id: str) -> UserPresence | None:
         return await self._read(lambda conn: sql.get_user(conn, user_id), presence=True)
+
+    async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
+        if not user_ids:
+            return []
+        fut: asyncio.Future[list[UserPresence]] = self._running_loop().create_future()
+        self._queue.put(_UsersRead(list(user_ids), fut))
+        return await fut
+
+    async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
+        return await self._read(lambda conn: sql.load_live_users(conn, local_suffix), presence=True)
 
     async def current_stream_id(self) -> int:
         return await self._read(sql.current_stream_id, presence=True)
@@ -458,6 +485,7 @@ class SqliteStore:
             writes: list[Write] = []
             reads: list[Read] = []
             separate: list[SeparateWrite] = []
+            user_reads: list[_UsersRead] = []
             stop: _Stop | None = None
             for item in items:
                 if type(item) is list:
@@ -466,10 +494,14 @@ class SqliteStore:
                     reads.append(item)
                 elif type(item) is SeparateWrite:
                     separate.append(item)
+                elif type(item) is _UsersRead:
+                    user_reads.append(item)
                 elif type(item) is _Stop:
                     stop = item
             if reads:
                 self._run_reads(writer, reads, settled, reports)
+            for user_read in user_reads:
+                self._run_users_read(writer, user_read, settled, reports)
             if writes:
                 writer.run_writes(writes, settled)
             if stop is not None:
@@ -483,6 +515,9 @@ class SqliteStore:
                 answered: Settled = []
                 writer.run_separate(item, answered)
                 self._post(loop, answered)
+            # Drop this round's outcomes now, not when the next item comes: an
+            # idle writer would otherwise keep the last group's users alive.
+            del items, writes, reads, user_reads, separate, settled
             # the callers have their answers: now the upkeep, one bounded step each
             if writer.over_limit():
                 self._fold_one_chunk(loop, writer, FoldTrigger.SIZE)
@@ -514,6 +549,8 @@ class SqliteStore:
             if writer.checkpoint_due():
                 self._checkpoint(writer)
             delay = 0
+        if not len(writer.index):
+            writer.release_memory_if_due()
         return self._queue.get()
 
     def _fold_one_chunk(
@@ -554,6 +591,23 @@ class SqliteStore:
                 settled.append((read.fut, None, fold_error))
             else:
                 settled.append(writer.run_read(read))
+
+    @staticmethod
+    def _run_users_read(
+        writer: SqliteWriter,
+        item: _UsersRead,
+        settled: Settled,
+        reports: list[FoldReport],
+    ) -> None:
+        try:
+            users, folded = writer.get_users(item.user_ids)
+        except StoreError as exc:
+            settled.append((item.fut, None, exc))
+        except Exception as exc:
+            settled.append((item.fut, None, store_error("read failed", exc)))
+        else:
+            reports.extend(folded)
+            settled.append((item.fut, users, None))
 
     def _stop(
         self,

@@ -137,4 +137,4 @@ async def test_one_bad_heartbeat_refuses_the_whole_batch(
     response = await local.http.post(HEARTBEATS, json={"heartbeats": [good, entry]}, headers=ADMIN)
     assert (response.status_code, response.json()["errcode"]) == (400, errcode)
     assert "heartbeats[1]" in response.json()["error"]
-    assert local.worker.keeper.get(BOB) is None  # type: ignore[arg-type]
+    assert local.worker.keeper.held(BOB) is None  # type: ignore[arg-type]

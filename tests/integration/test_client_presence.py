@@ -138,7 +138,7 @@ async def test_bad_bodies_get_matrix_errors_and_change_nothing(
     assert response.status_code == status, response.text
     if errcode is not None:
         assert response.json()["errcode"] == errcode
-    assert local.worker.keeper.get(ALICE) is None  # type: ignore[arg-type]
+    assert local.worker.keeper.held(ALICE) is None  # type: ignore[arg-type]
 
 
 async def test_a_path_that_is_not_a_user_id_is_400(local: LocalWorker) -> None:

@@ -176,7 +176,7 @@ async def test_a_hanging_router_is_timed_out_and_never_blocks_send(
                 },
             )
             assert sent.status_code == 200
-            assert local.worker.keeper.get(UserId(rita)) is not None
+            assert local.worker.keeper.held(UserId(rita)) is not None
             assert not answers
             # can_see asks get_interested_users, then get_users_for_states: each
             # is cut off after ROUTER_TIMEOUT_MS of the worker's clock.

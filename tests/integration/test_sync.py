@@ -208,7 +208,7 @@ async def test_bad_sync_parameters_are_400(
 ) -> None:
     response = await local.sync("bob", **params)
     assert (response.status_code, response.json()["errcode"]) == (400, errcode)
-    assert local.worker.keeper.get(BOB) is None  # type: ignore[arg-type]
+    assert local.worker.keeper.held(BOB) is None  # type: ignore[arg-type]
 
 
 async def test_sync_without_a_valid_token_is_401(local: LocalWorker) -> None:

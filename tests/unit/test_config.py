@@ -169,6 +169,12 @@ HAPPY: list[tuple[str, dict[str, Any], Read, object]] = [
         600_000,
     ),
     (
+        "presence offline_cache_size",
+        {"presence": {"offline_cache_size": 0}},
+        lambda c: c.presence.offline_cache_size,
+        0,
+    ),
+    (
         "presence sync_timeout",
         {"presence": {"sync_timeout": 45_000}},
         lambda c: c.presence.sync_timeout_ms,
@@ -482,6 +488,11 @@ ERRORS: list[tuple[str, object, str]] = [
         {"presence": {"idle_timeout": "5 minutes"}},
         "fp.yaml: presence.idle_timeout: must be a duration: integer milliseconds or a number with "
         "a unit ms, s, m, h, d or w (e.g. '30s'), got '5 minutes'",
+    ),
+    (
+        "negative offline cache",
+        {"presence": {"offline_cache_size": -1}},
+        "fp.yaml: presence.offline_cache_size: must be an integer >= 0, got -1",
     ),
     (
         "zero duration",
@@ -880,6 +891,7 @@ SCHEMA_KEYS = {
     "federation_ping_interval",
     "last_active_granularity",
     "currently_active_window",
+    "offline_cache_size",
     "federation",
     "verify_certificates",
     "ca_bundle",
