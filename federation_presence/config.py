@@ -52,14 +52,17 @@ import yaml
 
 from federation_presence.errors import ConfigError
 from federation_presence.federation.ip_policy import DEFAULT_IP_RANGE_BLACKLIST, ip_range_problem
-from federation_presence.ids import parse_server_name
+from federation_presence.ids import parse_server_name, parse_user_id
+from federation_presence.outbound.settings import SenderSettings
 from federation_presence.presence.model import PresenceSettings
 from federation_presence.store import DEFAULT_APPLY_TIMEOUT_MS, DEFAULT_TXN_FILTER_CAPACITY
 
 __all__ = [
     "RESOURCE_NAMES",
+    "AccessTokenConfig",
     "Config",
     "DatabaseConfig",
+    "DelegatedAuthConfig",
     "FederationConfig",
     "ListenerConfig",
     "PresenceRouterConfig",
@@ -133,6 +136,25 @@ class PresenceRouterConfig:
     config: Mapping[str, object]
 
 
+@dataclass(frozen=True, slots=True)
+class AccessTokenConfig:
+    """One local user's device token (``access_tokens``)."""
+
+    token: str
+    user_id: str
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DelegatedAuthConfig:
+    """Check client tokens with a homeserver's ``/account/whoami`` (``delegated_auth``)."""
+
+    homeserver_url: str
+    cache_ttl_ms: int = 5 * 60_000
+    timeout_ms: int = 10_000
+    max_cached_tokens: int = 100_000
+
+
 DEFAULT_FORWARD_TIMEOUT_MS = 60_000
 
 
@@ -162,8 +184,11 @@ class Config:
     presence_router: PresenceRouterConfig | None = None
     admin_token: str | None = None
     log_level: str = "info"
+    federation_sender: SenderSettings = field(default_factory=SenderSettings)
     beside: BesideConfig | None = None
     source: str | None = None
+    access_tokens: tuple[AccessTokenConfig, ...] = ()
+    delegated_auth: DelegatedAuthConfig | None = None
 
 
 # --- loading -----------------------------------------------------------------
@@ -486,8 +511,9 @@ def parse_config(data: object, source: str | None) -> Config:
     admin_token = top.optional_string("admin_token")
     if admin_token is not None and any(c.isspace() for c in admin_token):
         raise top.error("admin_token", "must not contain whitespace")
+    server_name = top.server_name("server_name", defaults.server_name)
     return Config(
-        server_name=top.server_name("server_name", defaults.server_name),
+        server_name=server_name,
         signing_key_path=top.path_value("signing_key_path", defaults.signing_key_path),
         key_valid_for_ms=_key_valid_for(top, defaults.key_valid_for_ms),
         old_signing_keys=_old_signing_keys(top),
@@ -498,8 +524,11 @@ def parse_config(data: object, source: str | None) -> Config:
         presence_router=router if router is not None else nested_router,
         admin_token=admin_token,
         log_level=top.choice("log_level", defaults.log_level, LOG_LEVELS),
+        federation_sender=_federation_sender(top.get("federation_sender"), source),
         beside=_beside(top.get("beside"), source),
         source=source,
+        access_tokens=_access_tokens(top, server_name, admin_token),
+        delegated_auth=_delegated_auth(top.get("delegated_auth"), source),
     )
 
 
@@ -809,6 +838,102 @@ def _trusted_key_server(value: object, path: str, source: str | None) -> Trusted
             raise ConfigError(f"{section.key('verify_keys')}.{key_id}", problem, source)
         verify_keys[str(key_id)] = str(key).rstrip("=")
     return TrustedKeyServer(server_name=server_name, verify_keys=MappingProxyType(verify_keys))
+
+
+# --- local users' tokens (auth.py) ---------------------------------------------
+
+
+def _access_tokens(
+    top: _Section, server_name: str, admin_token: str | None
+) -> tuple[AccessTokenConfig, ...]:
+    out: list[AccessTokenConfig] = []
+    seen: set[str] = set()
+    for key, item in top.items("access_tokens"):
+        entry = _Section(item, key, top.source, ("token", "user_id", "device_id"))
+        for name in ("token", "user_id"):
+            if not entry.has(name):
+                raise entry.error(name, "required")
+        token = entry.string("token", "")
+        if any(c.isspace() for c in token):
+            raise entry.error("token", "must not contain whitespace")
+        if token in seen or token == admin_token:
+            raise entry.error("token", "given twice (or equal to admin_token): tokens must differ")
+        seen.add(token)
+        user_id = entry.string("user_id", "")
+        parsed = parse_user_id(user_id)
+        if parsed is None:
+            raise entry.error("user_id", f"must be a user ID '@local:server', got {user_id!r}")
+        if parsed[1] != server_name:
+            raise entry.error("user_id", f"must be a user of server_name {server_name!r}")
+        device_id = entry.string("device_id", "") if entry.has("device_id") else ""
+        out.append(AccessTokenConfig(token, user_id, device_id))
+    return tuple(out)
+
+
+def _delegated_auth(value: object, source: str | None) -> DelegatedAuthConfig | None:
+    if value is None:
+        return None
+    section = _Section(value, "delegated_auth", source, _yaml_keys(DelegatedAuthConfig))
+    if not section.has("homeserver_url"):
+        raise section.error("homeserver_url", "required, e.g. 'http://127.0.0.1:8008'")
+    url = section.string("homeserver_url", "")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        raise section.error("homeserver_url", f"must be an http(s) URL, got {url!r}")
+    defaults = DelegatedAuthConfig(url)
+    return DelegatedAuthConfig(
+        homeserver_url=url,
+        cache_ttl_ms=section.duration("cache_ttl", defaults.cache_ttl_ms),
+        timeout_ms=section.duration("timeout", defaults.timeout_ms),
+        max_cached_tokens=section.integer("max_cached_tokens", defaults.max_cached_tokens, 1),
+    )
+
+
+_SENDER_KEYS = _yaml_keys(SenderSettings)
+_TXN_ID_PREFIX_RE = re.compile(r"[A-Za-z0-9._~-]{1,32}")
+
+
+def _txn_id_prefix_problem(value: str) -> str | None:
+    if _TXN_ID_PREFIX_RE.fullmatch(value) is None:
+        return f"must be 1-32 of A-Z a-z 0-9 . _ ~ -, got {_describe(value)}"
+    return None
+
+
+def _federation_sender(value: object, source: str | None) -> SenderSettings:
+    section = _Section(value, "federation_sender", source, _SENDER_KEYS)
+    d = SenderSettings()
+    instances = tuple(section.strings("instances"))
+    if len(set(instances)) != len(instances):
+        raise section.error("instances", "lists an instance twice")
+    instance_name = section.string("instance_name", d.instance_name)
+    if instances and instance_name not in instances:
+        raise section.error(
+            "instance_name", f"{instance_name!r} is not one of instances {list(instances)}"
+        )
+    prefix = section.string("txn_id_prefix", d.txn_id_prefix)
+    problem = _txn_id_prefix_problem(prefix)
+    if problem is not None:
+        raise section.error("txn_id_prefix", problem)
+    jitter = section.number("backoff_jitter", d.backoff_jitter)
+    if jitter >= 1:
+        raise section.error("backoff_jitter", f"must be below 1, got {jitter!r}")
+    settings = SenderSettings(
+        enabled=section.boolean("enabled", d.enabled),
+        instance_name=instance_name,
+        instances=instances,
+        linger_ms=section.duration("linger", d.linger_ms),
+        pushes_per_edu=section.integer("pushes_per_edu", d.pushes_per_edu, 1, 1000),
+        edus_per_transaction=section.integer(
+            "edus_per_transaction", d.edus_per_transaction, 1, 100
+        ),
+        transaction_timeout_ms=section.duration("transaction_timeout", d.transaction_timeout_ms),
+        backoff_initial_ms=section.duration("backoff_initial", d.backoff_initial_ms),
+        backoff_max_ms=section.duration("backoff_max", d.backoff_max_ms),
+        backoff_jitter=jitter,
+        txn_id_prefix=prefix,
+    )
+    if settings.backoff_max_ms < settings.backoff_initial_ms:
+        raise section.error("backoff_max", "must not be shorter than backoff_initial")
+    return settings
 
 
 def _beside(value: object, source: str | None) -> BesideConfig | None:

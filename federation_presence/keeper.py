@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
@@ -53,7 +53,7 @@ from federation_presence.errors import StoreError
 from federation_presence.ids import UserId
 from federation_presence.memory import release_free_memory
 from federation_presence.metrics import Metrics
-from federation_presence.presence.inputs import RemotePush
+from federation_presence.presence.inputs import LocalInput, RemotePush
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.presence.model import (
     DevicePresence,
@@ -64,6 +64,7 @@ from federation_presence.presence.model import (
 )
 from federation_presence.presence.remote import local_suffix
 from federation_presence.store.base import InboundTxn, Store
+from federation_presence.stream import PresenceStream
 
 # Notify reasons in order of precedence when several changes are owed for one
 # user: any reason beats None, a new user beats everything.
@@ -86,9 +87,16 @@ TRIM_AFTER_EVICTIONS = 100_000
 
 class PresenceKeeper:
     def __init__(
-        self, machine: PresenceMachine, store: Store, clock: Clock, metrics: Metrics
+        self,
+        machine: PresenceMachine,
+        store: Store,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        stream: PresenceStream | None = None,
     ) -> None:
         self._machine = machine
+        self._stream = stream
         self._store = store
         self._clock = clock
         self._metrics = metrics
@@ -99,6 +107,7 @@ class PresenceKeeper:
         # What failed writes could not persist; carried by the next write.
         self._owed_users: dict[UserId, NotifyReason | None] = {}
         self._owed_devices: dict[tuple[UserId, str], DevicePresence] = {}
+        self._change_listeners: list[Callable[[tuple[UserPresence, ...]], None]] = []
         # Eviction bookkeeping (module docstring): writes in flight, seq ->
         # seq; writes carrying owed changes, seq -> the lowest seq they carry;
         # the lowest seq a failed write left owed; read-throughs in flight,
@@ -120,6 +129,11 @@ class PresenceKeeper:
         # Read at scrape time, so it is never stale.
         self._metrics.known_users.set_function(lambda: self._machine.user_count)
 
+    def held(self, user_id: UserId) -> UserPresence | None:
+        """The state the machine holds, without a read: every local user and every
+        live remote one (a remote user evicted once durably offline is not held)."""
+        return self._machine.get(user_id)
+
     async def get(self, user_id: UserId) -> UserPresence | None:
         """The user's state: the machine's, else the store's (an evicted user); None if unknown."""
         held = self._machine.get(user_id)
@@ -137,6 +151,23 @@ class PresenceKeeper:
         await self._persist(outcome, txn)
         return outcome
 
+    async def apply_local(self, event: LocalInput) -> Outcome:
+        """Apply one authenticated local input; returns once durable."""
+        outcome = self._machine.handle(event, self._clock.now_ms())
+        await self._persist(outcome)
+        return outcome
+
+    async def apply_local_batch(self, inputs: Sequence[LocalInput]) -> Outcome:
+        """Apply local inputs (authenticated) at one ``now``; returns once durable.
+
+        However many inputs (a bridge's heartbeat batch), it is one store
+        write: the machine's outcomes are merged, per user into the last
+        state with the strongest notify reason owed, per device into its last row.
+        """
+        now = self._clock.now_ms()
+        outcome = merge_outcomes([self._machine.handle(event, now) for event in inputs])
+        await self._persist(outcome)
+        return outcome
     async def _read_through(self, user_ids: Iterable[UserId]) -> None:
         """Hand the machine the stored rows of the users it does not hold (one read)."""
         missing = self._machine.missing(user_ids)
@@ -180,10 +211,16 @@ class PresenceKeeper:
             self._carrying.pop(seq, None)
         self._forget_durable()
         self._metrics.apply_seconds.observe(self._clock.monotonic() - started)
+        if self._stream is not None:
+            # No await since the store answered: a group's writers publish together.
+            self._stream.publish_changes(stream_id, outcome.changes)
         if stream_id > self.stream_id:
             self.stream_id = stream_id
             event, self._stream_changed = self._stream_changed, anyio.Event()
             event.set()
+        if self._change_listeners and (notified := outcome.to_notify):
+            for listener in self._change_listeners:
+                listener(notified)
         self._maybe_wake_timers(outcome.next_deadline_ms)
 
     def _durable_seq(self) -> int:
@@ -240,6 +277,13 @@ class PresenceKeeper:
             devices=(*devices, *outcome.devices),
         )
 
+    def add_change_listener(self, listener: Callable[[tuple[UserPresence, ...]], None]) -> None:
+        """Call ``listener(states)`` after each durable write with notified states.
+
+        Called synchronously on the writer's task: it must not block or raise.
+        """
+        self._change_listeners.append(listener)
+
     async def wait_for_stream_change(self, after: int) -> None:
         """Return once the stream has moved past ``after`` (callers add their timeout)."""
         while self.stream_id <= after:
@@ -275,3 +319,32 @@ class PresenceKeeper:
             except StoreError:
                 # Owed, and carried by the next write; the loop must live.
                 logger.exception("could not persist timer outcome")
+
+
+def merge_outcomes(outcomes: Sequence[Outcome]) -> Outcome:
+    """One outcome doing what ``outcomes`` did in order (the last state of each user
+    and device; each user's strongest notify reason)."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    changes: dict[UserId, StateChange] = {}
+    devices: dict[tuple[UserId, str], DevicePresence] = {}
+    pings: dict[UserId, UserPresence] = {}
+    dropped: list[str] = []
+    for outcome in outcomes:
+        for change in outcome.changes:
+            user_id = change.state.user_id
+            before = changes.pop(user_id, None)
+            reason = change.notify if before is None else _stronger(before.notify, change.notify)
+            changes[user_id] = StateChange(change.state, reason)
+        for device in outcome.devices:
+            devices[(device.user_id, device.device_id)] = device
+        for ping in outcome.federation_pings:
+            pings[ping.user_id] = ping
+        dropped.extend(outcome.dropped)
+    return Outcome(
+        tuple(changes.values()),
+        tuple(devices.values()),
+        outcomes[-1].next_deadline_ms if outcomes else None,
+        tuple(dropped),
+        tuple(pings.values()),
+    )

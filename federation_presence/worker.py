@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import random
 import signal
 import socket
 import ssl
@@ -32,7 +33,6 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from federation_presence.api.app import REFUSAL_LINES_PER_WINDOW, App, Router
-from federation_presence.api.client import ClientAuth, add_client_routes
 from federation_presence.api.federation import ServerKeyResponse, add_federation_routes
 from federation_presence.api.http_protocol import timed_protocol
 from federation_presence.api.ops import add_ops_routes
@@ -51,10 +51,15 @@ from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.signing_keys import load_or_generate_signing_key
 from federation_presence.ids import ServerName
 from federation_presence.keeper import PresenceKeeper
+from federation_presence.local_users import LocalUsers, add_local_user_routes, build_local_users
 from federation_presence.metrics import Metrics
+from federation_presence.outbound.metrics import SenderMetrics
+from federation_presence.outbound.routing import DestinationSource
+from federation_presence.outbound.sender import OutboundSender
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.store import open_store
 from federation_presence.store.base import Store
+from federation_presence.stream import PresenceStream
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +80,9 @@ class RunningWorker:
     ports: list[int] = field(default_factory=list)
     # What each port serves, in the order of ``ports``: "http" or "https".
     schemes: list[str] = field(default_factory=list)
+    stream: PresenceStream | None = None
+    sender: OutboundSender | None = None
+    local_users: LocalUsers | None = None
 
 
 class _Server(uvicorn.Server):
@@ -177,6 +185,7 @@ def build_router(
     metrics: Metrics,
     clock: Clock,
     resources: frozenset[str],
+    local_users: LocalUsers,
     forwarder: HomeserverForwarder | None = None,
 ) -> Router:
     router = Router()
@@ -184,8 +193,7 @@ def build_router(
         add_federation_routes(router, inbound, keys)
         if forwarder is not None:
             add_tee_route(router, inbound, forwarder)
-    if "client" in resources:
-        add_client_routes(router, keeper, ClientAuth(config.admin_token), clock)
+    add_local_user_routes(router, config, local_users, keeper, clock, resources)
     if "ops" in resources:
         add_ops_routes(router, metrics)
     return router
@@ -197,8 +205,14 @@ async def running_worker(
     *,
     clock: Clock | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    destinations: DestinationSource | None = None,
+    rng: random.Random | None = None,
 ) -> AsyncIterator[RunningWorker]:
-    """Start every part of a worker; yield once it is serving."""
+    """Start every part of a worker; yield once it is serving.
+
+    ``destinations``: who gets local users' presence (the routing seam; none
+    by default). ``rng``: the sender's jitter and keep-alive phases.
+    """
     clock = clock or SystemClock()
     server_name = ServerName(config.server_name)
     signing_key = load_or_generate_signing_key(config.signing_key_path)
@@ -228,6 +242,8 @@ async def running_worker(
                 timeout_ms=config.federation.request_timeout_ms,
                 http=http,
             ) as client,
+            # Local users' side: the delegated whoami checks (auth.py).
+            httpx.AsyncClient(transport=transport, verify=_whoami_verify(config)) as client_http,
             _beside_forwarder(config) as forwarder,
         ):
             keyring = Keyring(
@@ -244,7 +260,9 @@ async def running_worker(
                 contended_fetch_timeout_ms=config.federation.key_fetch_contended_timeout_ms,
             )
             machine = PresenceMachine(server_name, config.presence)
-            keeper = PresenceKeeper(machine, store, clock, metrics)
+            stream = PresenceStream(store, machine.is_local)
+            await stream.open()
+            keeper = PresenceKeeper(machine, store, clock, metrics, stream=stream)
             await keeper.restore()
             inbound = InboundTransactions(
                 server_name=server_name,
@@ -267,9 +285,31 @@ async def running_worker(
             keys = ServerKeyResponse(
                 server_name, signing_key, clock, config.key_valid_for_ms, config.old_signing_keys
             )
+            local_users = await build_local_users(config, store, keeper, stream, clock, client_http)
             worker = RunningWorker(config, server_name, store, keeper, inbound, metrics)
+            worker.local_users = local_users
+            worker.stream = stream
+            if config.federation_sender.enabled:
+                worker.sender = OutboundSender(
+                    server_name=server_name,
+                    stream=stream,
+                    store=store,
+                    client=client,
+                    destinations=destinations if destinations is not None else local_users.routing,
+                    current=keeper.held,  # local users: always held
+                    clock=clock,
+                    settings=config.federation_sender,
+                    presence=config.presence,
+                    rng=rng if rng is not None else random.Random(),
+                    metrics=SenderMetrics(metrics.registry),
+                )
+                # The router's send_local_online_presence_to, for remote users.
+                local_users.resend.send_current_presence = worker.sender.send_current_presence
             async with anyio.create_task_group() as tg:
                 await tg.start(keeper.run_timers)
+                await tg.start(local_users.wakeups.run)
+                if worker.sender is not None:
+                    await tg.start(worker.sender.run)
                 await tg.start(inbound.run_txn_pruning)
                 await tg.start(request_log.run_flush)
                 apps: dict[int, App] = {}
@@ -285,6 +325,7 @@ async def running_worker(
                                 metrics,
                                 clock,
                                 listener.resources,
+                                local_users,
                                 forwarder,
                             ),
                             max_body_bytes=config.federation.max_request_body_bytes,
@@ -297,6 +338,8 @@ async def running_worker(
                 try:
                     yield worker
                 finally:
+                    # Long-polls answer now, while the store is open.
+                    local_users.wakeups.close()
                     tg.cancel_scope.cancel()
 
 
@@ -408,3 +451,11 @@ def run(config: Config) -> int:
         return 1
     return 0
 
+
+def _whoami_verify(config: Config) -> ssl.SSLContext | bool:
+    """TLS verification of delegated-auth calls: as for federation (``ca_bundle`` added)."""
+    if not config.federation.verify_certificates:
+        return False
+    if config.federation.ca_bundle is None:
+        return True
+    return ssl.create_default_context(cafile=str(config.federation.ca_bundle))

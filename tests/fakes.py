@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 
 import anyio
+
+# Not 0.1 s: anyio's wait_all_tasks_blocked re-checks every 0.1 s, the same
+# period as uvicorn's main-loop tick, and the two can lock in phase so that
+# it always finds the server task just woken and never returns.
+_BLOCKED_RECHECK_S = 0.013
+
+
+async def wait_all_tasks_blocked() -> None:
+    """Return once every other task is waiting (anyio's, minus the lock-step hang)."""
+    await asyncio.sleep(0)
+    this_task = asyncio.current_task()
+    while True:
+        for task in asyncio.all_tasks():
+            if task is this_task:
+                continue
+            waiter = task._fut_waiter  # type: ignore[attr-defined]
+            if waiter is None or waiter.done():
+                await asyncio.sleep(_BLOCKED_RECHECK_S)
+                break
+        else:
+            return
 
 
 class FakeClock:
@@ -39,7 +61,6 @@ class FakeClock:
 
     async def advance(self, ms: int) -> None:
         """Move time forward by ``ms``, waking sleepers in deadline order."""
-        from anyio import wait_all_tasks_blocked
         from anyio.lowlevel import checkpoint
 
         target = self._now_ms + ms

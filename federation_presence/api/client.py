@@ -1,76 +1,83 @@
 """Client-server handlers (the presence subset): ``/versions`` and presence status.
 
-Access tokens: until local users are served (the local-presence issue), the
-only token accepted is the configured ``admin_token``; it may read any user's
-presence. A missing token is 401 ``M_MISSING_TOKEN``, a wrong one 401
-``M_UNKNOWN_TOKEN``, as the client-server API says.
+``PUT /_matrix/client/v3/presence/{userId}/status`` sets the requesting
+device's presence (``presence``: ``online``, ``unavailable``, ``offline``,
+``busy`` or ``org.matrix.msc3026.busy``) and, when the body carries the key,
+the user's ``status_msg`` (null clears it). Only for oneself: another user is
+403 ``M_FORBIDDEN``. Answered once durable.
 
-``busy`` is given to clients under its unstable name
-``org.matrix.msc3026.busy``, as the ``unstable_features`` flag we advertise
-promises (MSC3026).
+``GET`` of the same path reads a local or remote user's combined presence, if
+the requester may see it (``PresenceRouting.can_see``: itself, a shared room,
+or the router), else 403 ``M_FORBIDDEN`` as Synapse answers; a user never
+heard of is 404 ``M_NOT_FOUND``. The ``admin_token`` may read anyone (an
+operator's read, used by tests and tools); it cannot PUT or sync.
+
+Tokens and their errors are ``auth.TokenAuth``'s. ``busy`` is given to
+clients under its unstable name ``org.matrix.msc3026.busy``, as the
+``unstable_features`` flag we advertise promises (MSC3026).
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import Any
-
 from federation_presence.api.app import Request, Response, Router, json_response
+from federation_presence.auth import Requester, TokenAuth, request_token
 from federation_presence.clock import Clock
 from federation_presence.errors import PeerError
 from federation_presence.ids import UserId, parse_user_id
 from federation_presence.keeper import PresenceKeeper
-from federation_presence.presence.states import PresenceState, to_client_wire
+from federation_presence.presence.inputs import SetPresence
+from federation_presence.presence.states import PresenceState, parse_presence
+from federation_presence.presence.wire import presence_content
+from federation_presence.routing.presence_routing import PresenceRouting
 
 SPEC_VERSIONS = ["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
                  "v1.11"]  # fmt: skip
 UNSTABLE_FEATURES = {"org.matrix.msc3026.busy_presence": True}
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.header("authorization")
-    if header is None:
+def path_user_id(request: Request) -> UserId:
+    parsed = parse_user_id(request.path_param)
+    if parsed is None:
+        raise PeerError(400, "M_INVALID_PARAM", "not a user ID")
+    return parsed[0]
+
+
+def checked_status_msg(value: object, max_length: int) -> str | None:
+    """A client's ``status_msg``: a string (or null) we can store, else 400."""
+    if value is None:
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+    if not isinstance(value, str):
+        raise PeerError(400, "M_BAD_JSON", "status_msg must be a string or null")
+    if len(value) > max_length:
+        raise PeerError(400, "M_INVALID_PARAM", f"status_msg longer than {max_length}")
+    if "\x00" in value:
+        raise PeerError(400, "M_INVALID_PARAM", "status_msg must not contain U+0000")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PeerError(400, "M_BAD_JSON", "status_msg is not valid Unicode") from exc
+    return value
 
 
-class ClientAuth:
-    def __init__(self, admin_token: str | None) -> None:
-        self._admin_token = admin_token
-
-    def require(self, request: Request) -> None:
-        token = bearer_token(request)
-        if token is None:
-            raise PeerError(401, "M_MISSING_TOKEN", "Missing access token")
-        if self._admin_token is None or not hmac.compare_digest(
-            token.encode(), self._admin_token.encode()
-        ):
-            raise PeerError(401, "M_UNKNOWN_TOKEN", "Unknown access token")
-
-
-def presence_content(
-    state: PresenceState,
-    last_active_ts: int,
-    currently_active: bool,
-    status_msg: str | None,
-    now: int,
-) -> dict[str, Any]:
-    """The client-facing presence object; ``last_active_ago`` computed at ``now``."""
-    content: dict[str, Any] = {
-        "presence": to_client_wire(state, unstable_busy=True),
-        "currently_active": currently_active,
-        "status_msg": status_msg,
-    }
-    if last_active_ts > 0:
-        content["last_active_ago"] = max(now - last_active_ts, 0)
-    return content
+def checked_presence(value: object) -> PresenceState:
+    state = parse_presence(value)
+    if state is None:
+        raise PeerError(
+            400,
+            "M_INVALID_PARAM",
+            "presence must be one of online, unavailable, offline, busy",
+        )
+    return state
 
 
 def add_client_routes(
-    router: Router, keeper: PresenceKeeper, auth: ClientAuth, clock: Clock
+    router: Router,
+    keeper: PresenceKeeper,
+    auth: TokenAuth,
+    routing: PresenceRouting,
+    clock: Clock,
+    *,
+    max_status_msg_length: int,
 ) -> None:
     async def versions(request: Request) -> Response:
         return json_response(
@@ -78,11 +85,13 @@ def add_client_routes(
         )
 
     async def get_presence(request: Request) -> Response:
-        auth.require(request)
-        parsed = parse_user_id(request.path_param)
-        if parsed is None:
-            raise PeerError(400, "M_INVALID_PARAM", "not a user ID")
-        user = await keeper.get(UserId(parsed[0]))
+        token = request_token(request.header("authorization"), request.query)
+        target = path_user_id(request)
+        if token is None or not auth.is_admin(token):
+            requester = await auth.requester(token)
+            if not await routing.can_see(requester.user_id, target):
+                raise PeerError(403, "M_FORBIDDEN", "You are not allowed to see their presence.")
+        user = await keeper.get(target)
         if user is None:
             raise PeerError(404, "M_NOT_FOUND", "no presence known for this user")
         return json_response(
@@ -96,5 +105,24 @@ def add_client_routes(
             ),
         )
 
+    async def put_presence(request: Request) -> Response:
+        requester: Requester = await auth.requester(
+            request_token(request.header("authorization"), request.query)
+        )
+        target = path_user_id(request)
+        if target != requester.user_id:
+            raise PeerError(403, "M_FORBIDDEN", "You cannot set presence state of another user.")
+        body = request.json_object()
+        if "presence" not in body:
+            raise PeerError(400, "M_MISSING_PARAM", "presence is required")
+        state = checked_presence(body["presence"])
+        status_msg_set = "status_msg" in body
+        status_msg = checked_status_msg(body.get("status_msg"), max_status_msg_length)
+        await keeper.apply_local(
+            SetPresence(requester.user_id, requester.device_id, state, status_msg, status_msg_set)
+        )
+        return json_response(200, {})
+
     router.add("GET", "/_matrix/client/versions", versions)
     router.add("GET", "/_matrix/client/v3/presence/{userId}/status", get_presence)
+    router.add("PUT", "/_matrix/client/v3/presence/{userId}/status", put_presence)

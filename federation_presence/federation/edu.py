@@ -1,4 +1,4 @@
-"""Parsing an inbound ``/send`` transaction body into presence pushes (pure).
+"""The ``/send`` wire of ``m.presence``: parsing what comes in, building what goes out (pure).
 
 What this module owns: the wire rules of a transaction envelope and of the
 ``m.presence`` EDU. It never raises anything but ``PeerError`` and never
@@ -21,8 +21,9 @@ Unknown presence values are rejected (dropped), never mapped or stored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from federation_presence.errors import PeerError
 from federation_presence.ids import (
@@ -33,7 +34,9 @@ from federation_presence.ids import (
     parse_user_id,
 )
 from federation_presence.presence.inputs import RemotePush
+from federation_presence.presence.model import UserPresence
 from federation_presence.presence.states import parse_presence
+from federation_presence.presence.wire import federation_push
 
 MAX_PDUS_PER_TXN = 50
 MAX_EDUS_PER_TXN = 100
@@ -184,3 +187,38 @@ def parse_push(raw: object, origin: ServerName, max_status_msg_length: int) -> R
         currently_active=currently_active,
         status_msg=status_msg,
     )
+
+
+# -- outbound: building what we send ------------------------------------------
+
+MAX_PUSHES_PER_EDU = 50
+"""Our own limit per outbound ``m.presence`` EDU (Synapse's receivers take any)."""
+
+
+def presence_edus(
+    users: Sequence[UserPresence], now: int, pushes_per_edu: int = MAX_PUSHES_PER_EDU
+) -> list[dict[str, Any]]:
+    """``m.presence`` EDUs carrying ``users`` in order, ``pushes_per_edu`` each at most.
+
+    Every push is schema-complete (``presence.wire.federation_push``).
+    """
+    if pushes_per_edu < 1:
+        raise ValueError("pushes_per_edu must be positive")
+    return [
+        {
+            "edu_type": PRESENCE_EDU,
+            "content": {
+                "push": [
+                    federation_push(user, now) for user in users[start : start + pushes_per_edu]
+                ]
+            },
+        }
+        for start in range(0, len(users), pushes_per_edu)
+    ]
+
+
+def transaction_body(origin: str, now: int, edus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A ``/send`` transaction of EDUs only (at most ``MAX_EDUS_PER_TXN``)."""
+    if len(edus) > MAX_EDUS_PER_TXN:
+        raise ValueError(f"too many EDUs for one transaction: {len(edus)}")
+    return {"origin": origin, "origin_server_ts": now, "pdus": [], "edus": list(edus)}

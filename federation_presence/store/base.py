@@ -213,3 +213,15 @@ class Store(Protocol):
     async def next_txn_id(self, destination: str) -> int:
         """The next outbound transaction number for ``destination`` (durable, increasing)."""
         ...
+
+    async def set_room_members(self, room_id: str, members: Sequence[str]) -> None:
+        """Replace the members of ``room_id`` (an empty list removes the room)."""
+        ...
+
+    async def delete_room(self, room_id: str) -> bool:
+        """Forget ``room_id``; whether it had members."""
+        ...
+
+    async def load_room_members(self) -> list[tuple[str, str]]:
+        """Every stored ``(room_id, user_id)`` membership."""
+        ...

@@ -478,6 +478,30 @@ class PostgresStore:
 
         return await self._call_write(bump)
 
+    async def set_room_members(self, room_id: str, members: Sequence[str]) -> None:
+        users = list(dict.fromkeys(members))
+
+        async def put(conn: Any) -> None:
+            await conn.execute("DELETE FROM room_members WHERE room_id = $1", room_id)
+            await conn.execute(
+                "INSERT INTO room_members (room_id, user_id) SELECT $1, unnest($2::text[])",
+                room_id,
+                users,
+            )
+
+        await self._call_write(put)
+
+    async def delete_room(self, room_id: str) -> bool:
+        async def delete(conn: Any) -> bool:
+            status = await conn.execute("DELETE FROM room_members WHERE room_id = $1", room_id)
+            return int(str(status).rpartition(" ")[2]) > 0
+
+        return await self._call_write(delete)
+
+    async def load_room_members(self) -> list[tuple[str, str]]:
+        rows = await self._fetch("SELECT room_id, user_id FROM room_members")
+        return [(str(r[0]), str(r[1])) for r in rows]
+
     # -- plumbing -----------------------------------------------------------------
 
     def _loop_if_open(self) -> asyncio.AbstractEventLoop:

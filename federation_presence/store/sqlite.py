@@ -370,6 +370,29 @@ class SqliteStore:
     async def next_txn_id(self, destination: str) -> int:
         return await self._call_write(lambda conn: sql.next_txn_id(conn, destination))
 
+    async def set_room_members(self, room_id: str, members: Sequence[str]) -> None:
+        rows = [(room_id, user_id) for user_id in dict.fromkeys(members)]
+
+        def put(conn: Any) -> None:
+            conn.execute("DELETE FROM room_members WHERE room_id = ?", (room_id,))
+            conn.executemany("INSERT INTO room_members (room_id, user_id) VALUES (?, ?)", rows)
+
+        await self._call_write(put)
+
+    async def delete_room(self, room_id: str) -> bool:
+        def delete(conn: Any) -> bool:
+            cursor = conn.execute("DELETE FROM room_members WHERE room_id = ?", (room_id,))
+            return bool(cursor.rowcount > 0)
+
+        return await self._call_write(delete)
+
+    async def load_room_members(self) -> list[tuple[str, str]]:
+        def load(conn: Any) -> list[tuple[str, str]]:
+            cursor = conn.execute("SELECT room_id, user_id FROM room_members")
+            return [(str(r[0]), str(r[1])) for r in cursor]
+
+        return await self._read(load)
+
     # -- event loop side plumbing ---------------------------------------------
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:

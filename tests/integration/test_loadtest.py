@@ -110,14 +110,14 @@ async def test_every_push_of_a_second_run_is_a_change_for_the_target(
         first = await run_load(
             _target(worker), settings, tls, clock, ceiling=False, origins=origins
         )
-        held = {user: worker.keeper.get(user) for user in users}
+        held = {user: await worker.keeper.get(user) for user in users}
         second = await run_load(
             _target(worker), settings, tls, clock, ceiling=False, origins=origins
         )
     assert first.settings["run_tag"] != second.settings["run_tag"]
     assert first.result.ok == second.result.ok == 2
     for user in users:
-        before, after = held[user], worker.keeper.get(user)
+        before, after = held[user], await worker.keeper.get(user)
         assert before is not None
         assert after is not None
         assert after != before  # the second run changed every warm user again

@@ -68,7 +68,7 @@ async def test_probe_sends_one_signed_presence_edu_the_worker_stores(
     steps = await probe(options, SystemClock())
     assert [(s.name, s.ok) for s in steps][-1] == ("send-presence", True)
     assert steps[-1].data["answer"] == {"pdus": {}}
-    stored = worker.keeper.get(UserId(alice))
+    stored = await worker.keeper.get(UserId(alice))
     assert stored is not None
     assert stored.state is PresenceState.ONLINE
     assert origin.key_requests == 1  # the worker verified it with the key it fetched

@@ -373,9 +373,9 @@ ERRORS: list[tuple[str, object, str]] = [
     (
         "unknown key, far",
         {"zzz": 1},
-        "fp.yaml: zzz: unknown key; known: admin_token, beside, database, federation, "
-        "key_valid_for, listeners, log_level, old_signing_keys, presence, presence_router, "
-        "server_name, signing_key_path",
+        "fp.yaml: zzz: unknown key; known: access_tokens, admin_token, beside, database, "
+        "delegated_auth, federation, federation_sender, key_valid_for, listeners, log_level, "
+        "old_signing_keys, presence, presence_router, server_name, signing_key_path",
     ),
     (
         "unknown nested key",
@@ -910,6 +910,15 @@ SCHEMA_KEYS = {
     "config",
     "admin_token",
     "log_level",
+    "access_tokens",
+    "token",
+    "user_id",
+    "device_id",
+    "delegated_auth",
+    "homeserver_url",
+    "cache_ttl",
+    "timeout",
+    "max_cached_tokens",
 }
 
 

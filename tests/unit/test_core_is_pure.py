@@ -75,6 +75,10 @@ PURE_SHELL_SIDE = {
         "federation_presence.federation.origin_policy",
     ),
     "federation_presence.federation.ip_policy": ("federation_presence.federation.ip_policy",),
+    **{
+        f"federation_presence.outbound.{name}": ("federation_presence.outbound",)
+        for name in ("queue", "backoff", "sharding", "keepalive", "settings")
+    },
 }
 
 

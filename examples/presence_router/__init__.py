@@ -1,0 +1,1 @@
+"""Synapse's documented example presence router, run by federation-presence."""

@@ -1,0 +1,1 @@
+"""Interest and routing: who gets whose presence (rooms and presence router modules)."""
