@@ -173,3 +173,43 @@ async def test_a_synapse_transaction_over_one_mib_is_accepted(
             assert pushes >= SYNAPSE_USERS
             assert -(-pushes // applied) * STATUS_BYTES > 1_048_576, (pushes, applied)
             assert sample(worker, "federation_presence_inbound_rejections_total") == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Synapse leaves last_active_ago out of an m.presence push when the user has never"
+    " been active (format_user_presence_state: only `if state.last_active_ts`); the spec's"
+    " m.presence EDU requires it, and federation/edu.py drops such a push (bad_last_active_ago)",
+)
+async def test_a_synapse_user_never_active_yet_reaches_the_worker(
+    synapse_install: SynapseInstall, certificates: TlsCertificates, tmp_path: Path
+) -> None:
+    worker_port = free_port()
+    ours = f"@alice:localhost:{worker_port}"
+    spec = SynapseSpec(tmp_path / "synapse", certificates, routed_users=(ours,))
+    config = interop_worker_config(tmp_path / "worker", certificates, worker_port)
+    async with (
+        running_worker(config) as worker,
+        running_synapse(synapse_install, spec) as synapse,
+    ):
+        token = await synapse.register("bob")
+        bob = synapse.user("bob")
+        # "unavailable" does not make Synapse set last_active_ts (only online/busy do).
+        await synapse.set_presence(token, bob, "unavailable", "never active")
+
+        def dropped() -> float:
+            return sample(
+                worker,
+                "federation_presence_inbound_pushes_dropped_total",
+                reason="bad_last_active_ago",
+            )
+
+        async def arrived() -> bool | None:
+            accepted = sample(worker, "federation_presence_inbound_pushes_accepted_total")
+            return True if accepted or dropped() else None
+
+        await poll_until("Synapse's push to arrive", arrived)
+        assert dropped() == 0
+        await wait_for_worker_state(
+            worker_port, certificates, synapse, bob, "unavailable", "never active"
+        )

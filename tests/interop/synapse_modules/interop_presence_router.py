@@ -6,8 +6,14 @@ this router makes the two servers interested in each other:
 
 * every local presence change goes to the configured ``users`` (user ids on
   the worker's server), so Synapse sends it there over federation;
-* every local user is interested in everyone (``ALL_USERS``), so presence the
-  worker pushes shows in Synapse's ``/sync``.
+* every local user is interested in those same users, so presence the
+  worker pushes for them shows in Synapse's ``/sync``.
+
+Not ``ALL_USERS``: for a user interested in everyone, Synapse 1.163's
+``/sync`` passes every state through ``get_users_for_states`` and then reads
+the entry of the syncing user (``_filter_all_presence_updates_for_user``), a
+``KeyError`` and a 500 when the router did not name that local user. The seed
+says why: the two methods must route alike.
 
 Only Synapse imports this file (it is put on Synapse's ``PYTHONPATH``). It
 imports nothing: it uses only the ``ModuleApi`` object Synapse hands it, so
@@ -18,10 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-
-# synapse.module_api.PRESENCE_ALL_USERS (= PresenceRouter.ALL_USERS), which
-# Synapse compares by value.
-PRESENCE_ALL_USERS = "ALL"
 
 
 class InteropPresenceRouter:
@@ -43,5 +45,5 @@ class InteropPresenceRouter:
             return {}
         return {user: set(local) for user in self._users}
 
-    async def get_interested_users(self, user_id: str) -> Any:
-        return PRESENCE_ALL_USERS
+    async def get_interested_users(self, user_id: str) -> set[str]:
+        return set(self._users)
