@@ -189,6 +189,11 @@ class OutboundSender:
         found = self._destinations.get(ServerName(destination))
         return None if found is None else found.retry_at
 
+    def busy(self, destination: str) -> bool:
+        """Whether ``destination`` has anything owed, in flight or lingering."""
+        found = self._destinations.get(ServerName(destination))
+        return found is not None and (found.running or not found.queue.idle)
+
     def owns(self, destination: str) -> bool:
         """Whether this instance sends to ``destination`` (never to our own server)."""
         settings = self._settings
