@@ -97,6 +97,7 @@ logger = logging.getLogger(__name__)
 READ_BATCH = 1_000
 STREAM_WAIT_S = 30.0
 POSITION_FLUSH_MS = 1_000
+ROUTE_RETRY_MS = 5_000
 SHUTDOWN_FLUSH_S = 5.0
 REJECTED_STATUSES = frozenset({400, 401, 403, 413})
 _SHOWN_CHARS = 300
@@ -261,7 +262,14 @@ class OutboundSender:
             local = [entry for entry in entries if entry.is_local]
             if local:
                 self._track_keepalive(local)
-                await self._route(local)
+                try:
+                    await self._route(local)
+                except Exception:
+                    # A routing source (a router module) or the store failed:
+                    # keep the position and route these entries again later.
+                    logger.exception("routing presence failed; retrying in %d ms", ROUTE_RETRY_MS)
+                    await self._clock.sleep_ms(ROUTE_RETRY_MS)
+                    continue
             self._position = following
 
     async def _route(self, entries: list[StreamEntry]) -> None:
@@ -489,7 +497,12 @@ class OutboundSender:
             self._keepalive_scope = self._keepalive_until = None
             if scope.cancelled_caught:
                 continue
-            await self._send_keepalives(self._keepalive.due(self._clock.now_ms()))
+            due = self._keepalive.due(self._clock.now_ms())
+            try:
+                await self._send_keepalives(due)
+            except Exception:
+                # One missed re-send; the next interval sends again.
+                logger.exception("keep-alive routing failed for %d users", len(due))
 
     async def _send_keepalives(self, user_ids: list[UserId]) -> None:
         if not user_ids:

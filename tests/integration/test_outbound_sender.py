@@ -9,13 +9,13 @@ condition-driven and bounded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 
 import anyio
 import pytest
 
-from federation_presence.ids import ServerName
+from federation_presence.ids import ServerName, UserId
 from federation_presence.presence.inputs import Activity, SetPresence, SyncStarted
 from federation_presence.presence.states import PresenceState
 from federation_presence.worker import RunningWorker
@@ -315,3 +315,33 @@ async def test_keepalives_are_staggered_over_the_interval(
     assert sum(per_minute) == users  # each present user re-sent once per interval
     assert max(per_minute) <= 2 * users / 25
     assert_schema_complete(peer)
+
+
+class FailingOnce(Routes):
+    """Routes whose first answer is an error (a broken router module)."""
+
+    failed = False
+
+    async def destinations_for(
+        self, user_ids: Collection[UserId]
+    ) -> Mapping[ServerName, Collection[UserId]]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("router module broke")
+        return await super().destinations_for(user_ids)
+
+
+async def test_a_failing_routing_source_is_asked_again_and_nothing_is_lost(
+    tmp_path: Path, certificates: TlsCertificates, clock: SettlingClock
+) -> None:
+    routes = FailingOnce()
+    async with running_peer(certificates, {}, clock) as peer:
+        routes.everyone = {ServerName(peer.server_name)}
+        async with sending_worker(tmp_path, certificates, clock, routes, [peer]) as worker:
+            await worker.keeper.apply_local(SetPresence(local("alice"), DEVICE, PresenceState.BUSY))
+            await eventually(lambda: routes.failed)
+            await settle()
+            assert peer.attempts == []
+            await clock.advance(5 * SECOND_MS)
+            await peer.wait_for_attempts(1)
+            assert [p["presence"] for p in peer.attempts[0].pushes] == ["org.matrix.msc3026.busy"]
