@@ -40,8 +40,9 @@ Positions and restart (at-least-once, latest state): the sender persists
   with something owed, and the read position: every change at or below it
   has been acknowledged by every destination it was routed to.
 
-Both only ever grow, and are flushed every ``POSITION_FLUSH_MS`` and at
-shutdown. After a restart (or ``kill -9``) the sender reads the stream from
+Both only ever grow, and are flushed ``POSITION_FLUSH_MS`` after they
+moved (no timer while idle) and at shutdown. After a restart (or
+``kill -9``) the sender reads the stream from
 ``outbound_sender:<instance>`` (the store coalesces: each user once, latest
 state), routes again and owes a destination only entries above its own
 stored position. Every destination converges to the latest state of every
@@ -160,6 +161,9 @@ class OutboundSender:
         self._position = 0
         self._stored_position = 0
         self._tg: TaskGroup | None = None
+        # Set when a position moved: the flusher sleeps on it, not on a
+        # periodic timer, so an idle sender sets no timers at all.
+        self._positions_moved = anyio.Event()
         self._metrics.read_gauges_from(
             lambda: sum(1 for d in self._destinations.values() if d.retry_at is not None),
             lambda: sum(d.queue.depth for d in self._destinations.values()),
@@ -271,6 +275,7 @@ class OutboundSender:
                     await self._clock.sleep_ms(ROUTE_RETRY_MS)
                     continue
             self._position = following
+            self._positions_moved.set()
 
     async def _route(self, entries: list[StreamEntry]) -> None:
         by_user: dict[UserId, list[StreamEntry]] = {}
@@ -422,6 +427,7 @@ class OutboundSender:
         acked = self._position if oldest is None else oldest - 1
         if acked > target.acked_position:
             target.acked_position = acked
+            self._positions_moved.set()
 
     # -- positions ------------------------------------------------------------
 
@@ -449,7 +455,13 @@ class OutboundSender:
             self._stored_position = low
 
     async def _flush_positions_periodically(self) -> None:
+        """At most one flush per ``POSITION_FLUSH_MS``, and only after a position moved."""
         while True:
+            with anyio.move_on_after(STREAM_WAIT_S):
+                await self._positions_moved.wait()
+            if not self._positions_moved.is_set():
+                continue
+            self._positions_moved = anyio.Event()
             await self._clock.sleep_ms(POSITION_FLUSH_MS)
             try:
                 await self.flush_positions()
