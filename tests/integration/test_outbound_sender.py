@@ -345,3 +345,20 @@ async def test_a_failing_routing_source_is_asked_again_and_nothing_is_lost(
             await clock.advance(5 * SECOND_MS)
             await peer.wait_for_attempts(1)
             assert [p["presence"] for p in peer.attempts[0].pushes] == ["org.matrix.msc3026.busy"]
+
+
+async def test_a_destination_that_never_answers_times_out_into_backoff(
+    tmp_path: Path, certificates: TlsCertificates, clock: SettlingClock, routes: Routes
+) -> None:
+    async with running_peer(certificates, {}, clock) as peer:
+        peer.hold = True
+        routes.everyone = {ServerName(peer.server_name)}
+        # A real-time limit (the whole request): 200 ms of wall time.
+        async with sending_worker(
+            tmp_path, certificates, clock, routes, [peer], transaction_timeout_ms=200
+        ) as worker:
+            await present(worker, "alice", None)
+            await peer.wait_for_attempts(1)
+            sender = sender_of(worker)
+            await eventually(lambda: sender.in_backoff(peer.server_name) is not None)
+            assert sender.queue_depth(peer.server_name) == 1  # owed again, not lost
