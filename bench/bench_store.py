@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
 import tempfile
@@ -38,6 +39,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import asyncpg
 
 from federation_presence.ids import UserId
@@ -134,7 +136,9 @@ async def run_once(
         else:
             synchronous = "full" if backend == "sqlite-full" else "normal"
             store = SqliteStore(Path(tmp) / "bench.db", synchronous=synchronous)
-        await store.open()
+        owner = contextlib.AsyncExitStack()  # the task group ``store.run`` is a child of
+        owner_group = await owner.enter_async_context(anyio.create_task_group())
+        await owner_group.start(store.run)
         closed = False
         try:
             await populate(store, args.users)
@@ -167,6 +171,7 @@ async def run_once(
         finally:
             if not closed:
                 await store.close()
+            await owner.aclose()
             if backend == "postgres":
                 conn = await asyncpg.connect(POSTGRES_DSN)
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

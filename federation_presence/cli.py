@@ -4,9 +4,11 @@ Owns argument parsing, logging setup and the exit codes; every command is a
 thin shell over the package:
 
 * ``run [-c FILE]``: load the config (no file = the embedded defaults: SQLite
-  in the working directory, a key generated on first run) and hand it to
-  ``federation_presence.worker.run``, imported lazily so that the other
-  commands never import uvicorn or the store;
+  in the working directory, a key generated on first run), run every check
+  ``check-config`` runs, and hand it to ``federation_presence.worker.run``,
+  imported lazily so that the other commands never import uvicorn or the
+  store. The worker binds its listeners first: an address in use is a
+  ``ConfigError`` naming ``listeners[i].port``;
 * ``check-config FILE``: parse the file and check the files it names (TLS
   certificate and key, CA bundle, signing key if present); ``OK: <summary>``
   on stdout, or the one error line on stderr;
@@ -15,9 +17,10 @@ thin shell over the package:
 * ``probe`` and ``loadtest``: honest placeholders until they are built.
 
 Exit codes: 0 success; 1 the worker failed at run time; 2 a usage or
-configuration mistake (argparse's own code for usage errors). Invariant: a
-``ConfigError`` from anywhere becomes exactly one line on stderr and exit 2,
-never a traceback. The config summary never shows a database password.
+configuration mistake (argparse's own code for usage errors), including a
+listener address that cannot be bound, and a command that is not built yet.
+Invariant: a ``ConfigError`` from anywhere becomes exactly one line on stderr
+and exit 2, never a traceback. The config summary never shows a database password.
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-NOT_IMPLEMENTED = "not implemented yet: see issue tracker"
+NOT_IMPLEMENTED = {
+    "probe": "not implemented yet",
+    "loadtest": "not implemented yet; meanwhile bench/bench_ingest.py (in the source tree)"
+    " sends signed presence load to a worker or a Synapse",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.set_defaults(handler=_generate_key)
 
-    probe = commands.add_parser("probe", help=f"interop check of a homeserver ({NOT_IMPLEMENTED})")
+    probe = commands.add_parser(
+        "probe", help=f"interop check of a homeserver ({NOT_IMPLEMENTED['probe']})"
+    )
     probe.add_argument("server", metavar="SERVER", help="server name of the homeserver")
     probe.set_defaults(handler=_not_implemented)
 
     loadtest = commands.add_parser(
-        "loadtest", help=f"signed presence EDU load against a server ({NOT_IMPLEMENTED})"
+        "loadtest", help="signed presence EDU load against a server (not implemented yet)"
     )
     loadtest.add_argument("target", metavar="TARGET", help="server name or base URL")
     loadtest.set_defaults(handler=_not_implemented)
@@ -146,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     config_path: Path | None = args.config
     config = load_config(config_path)
+    _check_files(config)  # what check-config checks, before anything starts
     configure_logging(config.log_level)
     if config_path is None:
         logger.info("no --config given: embedded defaults (%s)", describe_config(config))
@@ -197,7 +207,7 @@ def _generate_key(args: argparse.Namespace) -> int:
 
 
 def _not_implemented(args: argparse.Namespace) -> int:
-    print(f"{PROG} {args.command}: {NOT_IMPLEMENTED}", file=sys.stderr)
+    print(f"{PROG} {args.command}: {NOT_IMPLEMENTED[args.command]}", file=sys.stderr)
     return EXIT_USAGE
 
 

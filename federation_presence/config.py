@@ -27,9 +27,10 @@ Invariants:
 * A file holding only comments (an empty document) means "all defaults".
 
 Synapse habits accepted on purpose: ``database.name: psycopg2`` as an alias of
-``postgres``, ``database.args.dbname`` for ``database``, Synapse-style listener
-``resources: [{names: [...]}]``, and ``presence.presence_router`` as an alias of
-the top-level ``presence_router``.
+``postgres``, ``database.args.dbname`` for ``database``, ``database.args``
+``cp_min``/``cp_max`` (kept, not used yet), Synapse-style listener ``resources: [{names: [...],
+compress: false}]`` and listener keys ``type: http``, ``tls``, ``x_forwarded``,
+and ``presence.presence_router`` as an alias of the top-level ``presence_router``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from federation_presence.federation.ip_policy import DEFAULT_IP_RANGE_BLACKLIST,
 from federation_presence.ids import parse_server_name
 from federation_presence.outbound.settings import SenderSettings
 from federation_presence.presence.model import PresenceSettings
+from federation_presence.store import DEFAULT_APPLY_TIMEOUT_MS, DEFAULT_TXN_FILTER_CAPACITY
 
 __all__ = [
     "RESOURCE_NAMES",
@@ -80,6 +82,8 @@ class ListenerConfig:
     tls_certificate_path: Path | None = None
     tls_private_key_path: Path | None = None
     resources: frozenset[str] = RESOURCE_NAMES
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,12 @@ class DatabaseConfig:
     path: Path = Path("federation-presence.db")
     dsn: str | None = None
     synchronous: Literal["full", "normal"] = "full"
+    # Synapse's connection-pool bounds (PostgreSQL), accepted and kept; the
+    # store does not size its pool from them yet.
+    cp_min: int | None = None
+    cp_max: int | None = None
+    apply_timeout_ms: int = DEFAULT_APPLY_TIMEOUT_MS
+    txn_filter_capacity: int = DEFAULT_TXN_FILTER_CAPACITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +115,17 @@ class FederationConfig:
     deny_origins: tuple[str, ...] = ()
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 200
-    max_request_body_bytes: int = 1_048_576
+    # The largest transaction a conformant sender may build: 50 PDUs and 100
+    # EDUs of up to 65,536 bytes each (9,830,400) plus the envelope, < 10 MiB.
+    max_request_body_bytes: int = 10 * 1_048_576
     max_status_msg_length: int = 1024
     request_timeout_ms: int = 30_000
     txn_retention_ms: int = 24 * HOUR_MS
     ip_range_blacklist: tuple[str, ...] = DEFAULT_IP_RANGE_BLACKLIST
     ip_range_whitelist: tuple[str, ...] = ()
+    key_fetch_concurrency: int = 64
+    key_fetch_timeout_ms: int = 10_000
+    key_fetch_contended_timeout_ms: int = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,7 +521,11 @@ def _old_signing_keys(top: _Section) -> Mapping[str, tuple[str, int]]:
     return MappingProxyType(keys)
 
 
-_LISTENER_KEYS = _yaml_keys(ListenerConfig)
+# Synapse's listener keys, accepted so that its listener blocks paste in:
+# ``type`` (only ``http``), ``tls`` (false, or true with our two TLS paths),
+# ``x_forwarded`` (no effect: the client address only appears in logs).
+_SYNAPSE_LISTENER_KEYS = ("type", "tls", "x_forwarded")
+_LISTENER_KEYS = (*_yaml_keys(ListenerConfig), *_SYNAPSE_LISTENER_KEYS)
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,253})?")
 
 
@@ -551,6 +570,7 @@ def _listeners(top: _Section) -> tuple[ListenerConfig, ...]:
                 else ("tls_private_key_path", "tls_certificate_path")
             )
             raise section.error(missing, f"required when {given} is set (TLS needs both)")
+        _synapse_listener_keys(section, tls=cert is not None)
         listeners.append(
             ListenerConfig(
                 port=port,
@@ -558,16 +578,36 @@ def _listeners(top: _Section) -> tuple[ListenerConfig, ...]:
                 tls_certificate_path=cert,
                 tls_private_key_path=key,
                 resources=_resources(section) if section.has("resources") else default.resources,
+                header_timeout_ms=section.duration("header_timeout", default.header_timeout_ms),
+                body_timeout_ms=section.duration("body_timeout", default.body_timeout_ms),
             )
         )
     return tuple(listeners)
 
 
+def _synapse_listener_keys(section: _Section, *, tls: bool) -> None:
+    """Check the Synapse listener keys we accept (see ``_SYNAPSE_LISTENER_KEYS``)."""
+    if section.has("type") and section.get("type") != "http":
+        raise section.error(
+            "type", f"only 'http' listeners exist here, got {_describe(section.get('type'))}"
+        )
+    if section.boolean("tls", tls) != tls:
+        raise section.error(
+            "tls",
+            "true needs this listener's tls_certificate_path and tls_private_key_path"
+            if not tls
+            else "false, but tls_certificate_path is set: drop one of them",
+        )
+    section.boolean("x_forwarded", False)
+
+
 def _resources(section: _Section) -> frozenset[str]:
     names: list[tuple[str, object]] = []
     for key, item in section.items("resources"):
-        if isinstance(item, dict):  # Synapse style: {names: [federation, client]}
-            names.extend(_Section(item, key, section.source, ("names",)).items("names"))
+        if isinstance(item, dict):  # Synapse style: {names: [federation, client], compress: false}
+            synapse_style = _Section(item, key, section.source, ("names", "compress"))
+            synapse_style.boolean("compress", False)  # accepted; answers are small JSON
+            names.extend(synapse_style.items("names"))
         else:
             names.append((key, item))
     for key, name in names:
@@ -584,33 +624,60 @@ def _resources(section: _Section) -> frozenset[str]:
     return frozenset(str(name) for _, name in names)
 
 
-_SQLITE_ARGS = ("database",)
-_POSTGRES_ARGS = ("user", "password", "host", "port", "database", "dbname", "dsn")
+_POOL_ARGS = ("cp_min", "cp_max")  # Synapse's pool bounds, not part of the DSN
+_DATABASE_KEYS = ("name", "args", "synchronous")
+_STORE_KEYS = ("apply_timeout", "txn_filter_capacity")
+_SQLITE_ARGS = ("database", *_POOL_ARGS)
+_POSTGRES_ARGS = ("user", "password", "host", "port", "database", "dbname", "dsn", *_POOL_ARGS)
 
 
 def _database(value: object, source: str | None) -> DatabaseConfig:
-    section = _Section(value, "database", source, ("name", "args", "synchronous"))
+    section = _Section(value, "database", source, (*_DATABASE_KEYS, *_STORE_KEYS))
     name = section.choice("name", "sqlite3", ("sqlite3", "postgres", "psycopg2"))
+    apply_timeout_ms = section.duration("apply_timeout", DEFAULT_APPLY_TIMEOUT_MS)
+    txn_filter_capacity = section.integer("txn_filter_capacity", DEFAULT_TXN_FILTER_CAPACITY, 0)
     if name == "sqlite3":
         args = _Section(section.get("args"), "database.args", source, _SQLITE_ARGS)
         synchronous = section.choice("synchronous", "full", ("full", "normal"))
+        cp_min, cp_max = _pool_bounds(args)
         return DatabaseConfig(
             name="sqlite3",
             path=args.path_value("database", DatabaseConfig().path),
             synchronous="normal" if synchronous == "normal" else "full",
+            cp_min=cp_min,
+            cp_max=cp_max,
+            apply_timeout_ms=apply_timeout_ms,
+            txn_filter_capacity=txn_filter_capacity,
         )
     if section.has("synchronous"):
         raise section.error("synchronous", "applies only to sqlite3 (PostgreSQL always fsyncs)")
     if not section.has("args"):
         raise section.error("args", "required for postgres: give dsn, or database and the rest")
     args = _Section(section.get("args"), "database.args", source, _POSTGRES_ARGS)
-    return DatabaseConfig(name="postgres", dsn=_postgres_dsn(args))
+    cp_min, cp_max = _pool_bounds(args)
+    return DatabaseConfig(
+        name="postgres",
+        dsn=_postgres_dsn(args),
+        cp_min=cp_min,
+        cp_max=cp_max,
+        apply_timeout_ms=apply_timeout_ms,
+        txn_filter_capacity=txn_filter_capacity,
+    )
+
+
+def _pool_bounds(args: _Section) -> tuple[int | None, int | None]:
+    """Synapse's ``cp_min``/``cp_max``: checked and kept (SQLite has one writer anyway)."""
+    cp_min = args.integer("cp_min", 1, 1) if args.has("cp_min") else None
+    cp_max = args.integer("cp_max", 1, 1) if args.has("cp_max") else None
+    if cp_min is not None and cp_max is not None and cp_min > cp_max:
+        raise args.error("cp_min", f"must not exceed cp_max ({cp_max}), got {cp_min}")
+    return cp_min, cp_max
 
 
 def _postgres_dsn(args: _Section) -> str:
     """A ``postgresql://`` URL (asyncpg and psycopg both take it) from Synapse-style args."""
     if args.has("dsn"):
-        others = sorted(k for k in args.data if k != "dsn")
+        others = sorted(k for k in args.data if k not in ("dsn", *_POOL_ARGS))
         if others:
             raise args.error("dsn", f"give either dsn or {', '.join(others)}, not both")
         return args.string("dsn", "")
@@ -637,19 +704,22 @@ def _postgres_dsn(args: _Section) -> str:
     return f"{url}?host={quote(host, safe='')}" if socket_dir and host else url
 
 
-_PRESENCE_TIMERS = _yaml_keys(PresenceSettings)
+_PRESENCE_TIMERS = _yaml_keys(PresenceSettings, "offline_cache_size")
 
 
 def _presence(
     value: object, source: str | None
 ) -> tuple[PresenceSettings, PresenceRouterConfig | None]:
-    section = _Section(value, "presence", source, (*_PRESENCE_TIMERS, "presence_router"))
+    section = _Section(
+        value, "presence", source, (*_PRESENCE_TIMERS, "offline_cache_size", "presence_router")
+    )
     defaults = PresenceSettings()
     settings = PresenceSettings(
         **{
             f"{name}_ms": section.duration(name, getattr(defaults, f"{name}_ms"))
             for name in _PRESENCE_TIMERS
-        }
+        },
+        offline_cache_size=section.integer("offline_cache_size", defaults.offline_cache_size, 0),
     )
     router_value = section.get("presence_router")
     if router_value is None:
@@ -706,6 +776,13 @@ def _federation(value: object, source: str | None) -> FederationConfig:
             else d.ip_range_blacklist
         ),
         ip_range_whitelist=tuple(section.strings("ip_range_whitelist", ip_range_problem)),
+        key_fetch_concurrency=section.integer(
+            "key_fetch_concurrency", d.key_fetch_concurrency, 1, 4096
+        ),
+        key_fetch_timeout_ms=section.duration("key_fetch_timeout", d.key_fetch_timeout_ms),
+        key_fetch_contended_timeout_ms=section.duration(
+            "key_fetch_contended_timeout", d.key_fetch_contended_timeout_ms
+        ),
     )
 
 

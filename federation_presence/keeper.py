@@ -20,14 +20,30 @@ no request carrying it has been answered 200.
 
 The timer loop is a child of the worker's task group: it sleeps until the
 machine's next deadline, is woken early when a change brings that deadline
-forward, and applies ``machine.tick(now)`` like any other outcome.
+forward, and applies ``machine.tick(now)`` like any other outcome. A mass
+timeout comes in outcomes of at most ``TIMEOUT_BATCH`` users, each its own
+bounded write.
+
+Read-through. The machine holds remote users that are not offline plus a
+bounded cache of offline ones; the rest live only in the store. Before a
+batch of pushes the keeper asks the machine which of its users it does not
+hold, reads those with ONE ``store.get_users`` call and ``admit``s what came
+back, then decides (a user the store does not have either is new). ``get``
+answers from the machine, else from the store. The machine evicts only what
+is durable: every outcome carries a ``seq``, and after each write the keeper
+passes ``forget_offline`` the greatest seq below every write still in flight
+or owed; and no lower than what every read-through in flight was issued
+after, so a read never brings back a state older than one the machine had
+(``_durable_for_reads``). ``restore`` loads only what the machine must hold
+(``store.load_live_users``), not every user ever seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import anyio
 from anyio.abc import TaskStatus
@@ -35,6 +51,7 @@ from anyio.abc import TaskStatus
 from federation_presence.clock import Clock
 from federation_presence.errors import StoreError
 from federation_presence.ids import UserId
+from federation_presence.memory import release_free_memory
 from federation_presence.metrics import Metrics
 from federation_presence.presence.inputs import LocalInput, RemotePush
 from federation_presence.presence.machine import PresenceMachine
@@ -45,6 +62,7 @@ from federation_presence.presence.model import (
     StateChange,
     UserPresence,
 )
+from federation_presence.presence.remote import local_suffix
 from federation_presence.store.base import InboundTxn, Store
 from federation_presence.stream import PresenceStream
 
@@ -60,6 +78,11 @@ def _stronger(a: NotifyReason | None, b: NotifyReason | None) -> NotifyReason | 
 
 
 logger = logging.getLogger(__name__)
+
+TIMEOUT_BATCH = 10_000
+"""Remote users one timer outcome times out at most (bounds a tick's write)."""
+TRIM_AFTER_EVICTIONS = 100_000
+"""Users evicted since the last ``release_free_memory`` that make the next one worth it."""
 
 
 class PresenceKeeper:
@@ -84,10 +107,20 @@ class PresenceKeeper:
         # What failed writes could not persist; carried by the next write.
         self._owed_users: dict[UserId, NotifyReason | None] = {}
         self._owed_devices: dict[tuple[UserId, str], DevicePresence] = {}
+        # Eviction bookkeeping (module docstring): writes in flight, seq ->
+        # seq; writes carrying owed changes, seq -> the lowest seq they carry;
+        # the lowest seq a failed write left owed; read-throughs in flight,
+        # token -> the durable seq when they were issued.
+        self._writing: dict[int, None] = {}
+        self._carrying: dict[int, int] = {}
+        self._owed_floor: int | None = None
+        self._reads: dict[int, int] = {}
+        self._read_tokens = itertools.count()
+        self._evicted_since_trim = 0
 
     async def restore(self) -> None:
-        """Load what the store holds into the machine; persist what expired meanwhile."""
-        users = await self._store.load_users()
+        """Load what the machine must hold; persist what expired meanwhile."""
+        users = await self._store.load_live_users(local_suffix(self._machine.server_name))
         devices = await self._store.load_devices()
         self.stream_id = await self._store.current_stream_id()
         outcome = self._machine.restore(users, devices, self._clock.now_ms())
@@ -95,35 +128,72 @@ class PresenceKeeper:
         # Read at scrape time, so it is never stale.
         self._metrics.known_users.set_function(lambda: self._machine.user_count)
 
-    def get(self, user_id: UserId) -> UserPresence | None:
-        return self._machine.get(user_id)
+    async def get(self, user_id: UserId) -> UserPresence | None:
+        """The user's state: the machine's, else the store's (an evicted user); None if unknown."""
+        held = self._machine.get(user_id)
+        if held is not None:
+            return held
+        found = await self._store.get_users([user_id])
+        return found[0] if found else None
 
     async def apply_remote(
         self, pushes: Sequence[RemotePush], txn: InboundTxn | None = None
     ) -> Outcome:
         """Apply validated pushes (and record ``txn``); returns once durable."""
+        await self._read_through(push.user_id for push in pushes)
         outcome = self._machine.handle_remote(pushes, self._clock.now_ms())
         await self._persist(outcome, txn)
         return outcome
 
     async def apply_local(self, event: LocalInput) -> Outcome:
         """Apply one authenticated local input; returns once durable."""
+        await self._read_through([event.user_id])
         outcome = self._machine.handle(event, self._clock.now_ms())
         await self._persist(outcome)
         return outcome
 
+    async def _read_through(self, user_ids: Iterable[UserId]) -> None:
+        """Hand the machine the stored rows of the users it does not hold (one read)."""
+        missing = self._machine.missing(user_ids)
+        if not missing:
+            return
+        token = next(self._read_tokens)
+        self._reads[token] = self._durable_seq()
+        try:
+            found = await self._store.get_users(missing)
+        finally:
+            del self._reads[token]
+        self._machine.admit(found)
+
     async def _persist(self, outcome: Outcome, txn: InboundTxn | None = None) -> None:
+        carried = self._owed_floor
         if self._owed_users or self._owed_devices:
             outcome = self._with_owed(outcome)
+            self._owed_floor = None
         if not outcome.changes and not outcome.devices and txn is None:
             self._maybe_wake_timers(outcome.next_deadline_ms)
             return
+        seq = outcome.seq
+        self._writing[seq] = None
+        if carried is not None:
+            self._carrying[seq] = carried
         started = self._clock.monotonic()
         try:
             stream_id = await self._store.apply(outcome, txn)
-        except StoreError:
+        except BaseException:
+            # A failed write (or one cut off, which may or may not land)
+            # owes its changes to the next write; until one carries them,
+            # nothing they touched may be evicted.
             self._owe(outcome)
+            floor = min(seq, carried) if carried is not None else seq
+            owes = self._owed_users or self._owed_devices
+            if owes and (self._owed_floor is None or floor < self._owed_floor):
+                self._owed_floor = floor
             raise
+        finally:
+            del self._writing[seq]
+            self._carrying.pop(seq, None)
+        self._forget_durable()
         self._metrics.apply_seconds.observe(self._clock.monotonic() - started)
         if self._stream is not None:
             # No await since the store answered: a group's writers publish together.
@@ -133,6 +203,35 @@ class PresenceKeeper:
             event, self._stream_changed = self._stream_changed, anyio.Event()
             event.set()
         self._maybe_wake_timers(outcome.next_deadline_ms)
+
+    def _durable_seq(self) -> int:
+        """The greatest seq all of whose writes (and every earlier call's) committed."""
+        floor = self._machine.seq + 1
+        if self._writing:
+            floor = min(floor, next(iter(self._writing)))
+        if self._carrying:
+            floor = min(floor, *self._carrying.values())
+        if self._owed_floor is not None:
+            floor = min(floor, self._owed_floor)
+        return floor - 1
+
+    def _durable_for_reads(self) -> int:
+        """``_durable_seq``, but no later than what every read in flight can see."""
+        durable = self._durable_seq()
+        if self._reads:
+            durable = min(durable, next(iter(self._reads.values())))
+        return durable
+
+    def _forget_durable(self) -> None:
+        machine = self._machine
+        if not machine.can_evict():
+            return
+        evicted = machine.forget_offline(self._durable_for_reads())
+        self._evicted_since_trim += evicted
+        if self._evicted_since_trim >= TRIM_AFTER_EVICTIONS and not machine.can_evict():
+            # A mass eviction is over: hand the freed heap back to the system.
+            self._evicted_since_trim = 0
+            release_free_memory()
 
     def _owe(self, outcome: Outcome) -> None:
         for change in outcome.changes:
@@ -188,7 +287,7 @@ class PresenceKeeper:
             self._sleeping_until = None
             if scope.cancelled_caught:
                 continue
-            outcome = self._machine.tick(self._clock.now_ms())
+            outcome = self._machine.tick(self._clock.now_ms(), TIMEOUT_BATCH)
             try:
                 await self._persist(outcome)
             except StoreError:

@@ -58,6 +58,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.http_refusals = Counter(
+            "federation_presence_http_refusals",
+            "HTTP requests answered with an error (4xx/5xx), by status and errcode",
+            ["status", "errcode"],
+            registry=self.registry,
+        )
+        self.http_timeouts = Counter(
+            "federation_presence_http_timeouts",
+            "Connections closed because headers or body did not arrive in time, by phase",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.store_failures = Counter(
+            "federation_presence_store_failures",
+            "Requests answered 503 because the store failed, by exception class",
+            ["error"],
+            registry=self.registry,
+        )
+
         # Children resolved once: ``labels()`` is a dict lookup under a lock.
         self.transactions_applied = self.transactions.labels("applied")
         self.transactions_repeated = self.transactions.labels("repeat")

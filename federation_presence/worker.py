@@ -8,6 +8,11 @@ its own time limit, and the store flushes and closes last.
 
 ``run`` is the blocking entry point of ``federation-presence run``: the same
 context, held until SIGINT or SIGTERM.
+
+Every listening socket is bound first, before the store is opened: an address
+in use is a ``ConfigError`` naming ``listeners[i].port`` (one line, exit 2),
+not uvicorn's ``sys.exit`` inside a task. Each listener serves with
+``TimedHttpProtocol`` (httptools, with header and body time limits).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import gc
 import logging
 import random
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -26,17 +32,21 @@ import httpx
 import uvicorn
 from anyio.abc import TaskStatus
 
-from federation_presence.api.app import App, Router
+from federation_presence.api.app import REFUSAL_LINES_PER_WINDOW, App, Router
 from federation_presence.api.client import ClientAuth, add_client_routes
 from federation_presence.api.federation import ServerKeyResponse, add_federation_routes
+from federation_presence.api.http_protocol import timed_protocol
 from federation_presence.api.ops import add_ops_routes
+from federation_presence.api.request_log import ThrottledLog, ThrottlingFilter
 from federation_presence.clock import Clock, SystemClock
 from federation_presence.config import Config, ListenerConfig
+from federation_presence.errors import ConfigError
 from federation_presence.federation.client import FederationClient
 from federation_presence.federation.inbound import InboundLimits, InboundTransactions
 from federation_presence.federation.ip_policy import IpPolicy
 from federation_presence.federation.keyring import Keyring
 from federation_presence.federation.origin_policy import OriginPolicy, OriginRateLimiter
+from federation_presence.federation.outbound_http import OutboundHttp
 from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.signing_keys import load_or_generate_signing_key
 from federation_presence.ids import ServerName
@@ -53,6 +63,7 @@ from federation_presence.stream import PresenceStream
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+LISTEN_BACKLOG = 2048
 
 
 @dataclass
@@ -66,6 +77,8 @@ class RunningWorker:
     inbound: InboundTransactions
     metrics: Metrics
     ports: list[int] = field(default_factory=list)
+    # What each port serves, in the order of ``ports``: "http" or "https".
+    schemes: list[str] = field(default_factory=list)
     stream: PresenceStream | None = None
     sender: OutboundSender | None = None
 
@@ -78,17 +91,66 @@ class _Server(uvicorn.Server):
         yield
 
 
+def bind_listeners(config: Config) -> list[tuple[ListenerConfig, socket.socket]]:
+    """A listening socket per listener address; ``ConfigError`` if one cannot be bound."""
+    bound: list[tuple[ListenerConfig, socket.socket]] = []
+    try:
+        for index, listener in enumerate(config.listeners):
+            for host in listener.bind_addresses:
+                try:
+                    sock = _listening_socket(host, listener.port)
+                except OSError as exc:
+                    where = f"[{host}]" if ":" in host else host
+                    raise ConfigError(
+                        f"listeners[{index}].port",
+                        f"cannot listen on {where}:{listener.port}: {_reason(exc)}",
+                        config.source,
+                    ) from None
+                bound.append((listener, sock))
+    except BaseException:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port``, as asyncio's ``create_server`` makes one.
+
+    The protocol is given as ``IPPROTO_TCP`` on purpose: asyncio sets
+    ``TCP_NODELAY`` only on sockets that say so, and without it every answer
+    written in two parts (headers, body) waits ~40 ms for a delayed ACK.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def _serve_listener(
     app: App,
     listener: ListenerConfig,
-    host: str,
+    sock: socket.socket,
+    metrics: Metrics,
     *,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     config = uvicorn.Config(
         app,
-        host=host,
-        port=listener.port,
+        http=timed_protocol(
+            header_timeout_s=listener.header_timeout_ms / 1000,
+            body_timeout_s=listener.body_timeout_ms / 1000,
+            metrics=metrics,
+        ),
+        ws="none",
         lifespan="off",
         log_level="warning",
         access_log=False,
@@ -103,10 +165,8 @@ async def _serve_listener(
     server = _Server(config)
     config.load()
     server.lifespan = config.lifespan_class(config)
-    await server.startup()
-    if server.should_exit:
-        raise OSError(f"could not listen on {host}:{listener.port}")
-    port: int = server.servers[0].sockets[0].getsockname()[1]
+    await server.startup(sockets=[sock])
+    port: int = sock.getsockname()[1]
     task_status.started(port)
     try:
         await server.main_loop()
@@ -152,28 +212,30 @@ async def running_worker(
     server_name = ServerName(config.server_name)
     signing_key = load_or_generate_signing_key(config.signing_key_path)
     metrics = Metrics()
+    request_log = ThrottledLog(
+        logging.getLogger("federation_presence.api.app"),
+        clock,
+        lines_per_window=REFUSAL_LINES_PER_WINDOW,
+    )
+    store = open_store(config.database, txn_retention_ms=config.federation.txn_retention_ms)
+    sockets = bind_listeners(config)
     ip_policy = IpPolicy(config.federation.ip_range_blacklist, config.federation.ip_range_whitelist)
-    store = open_store(config.database)
-    await store.open()
-    try:
+    async with _listening(sockets, request_log), _running_store(store):
         async with (
-            ServerResolver(
-                clock,
+            OutboundHttp(
                 verify_certificates=config.federation.verify_certificates,
                 ca_bundle=config.federation.ca_bundle,
                 transport=transport,
                 ip_policy=ip_policy,
-            ) as resolver,
+            ) as http,
+            ServerResolver(clock, http=http) as resolver,
             FederationClient(
                 server_name,
                 signing_key,
                 resolver,
                 clock,
-                verify_certificates=config.federation.verify_certificates,
-                ca_bundle=config.federation.ca_bundle,
                 timeout_ms=config.federation.request_timeout_ms,
-                transport=transport,
-                ip_policy=ip_policy,
+                http=http,
             ) as client,
         ):
             keyring = Keyring(
@@ -185,6 +247,9 @@ async def running_worker(
                     (t.server_name, dict(t.verify_keys))
                     for t in config.federation.trusted_key_servers
                 ],
+                fetch_timeout_ms=config.federation.key_fetch_timeout_ms,
+                fetch_concurrency=config.federation.key_fetch_concurrency,
+                contended_fetch_timeout_ms=config.federation.key_fetch_contended_timeout_ms,
             )
             machine = PresenceMachine(server_name, config.presence)
             stream = PresenceStream(store, machine.is_local)
@@ -233,22 +298,74 @@ async def running_worker(
                 if worker.sender is not None:
                     await tg.start(worker.sender.run)
                 await tg.start(inbound.run_txn_pruning)
-                for listener in config.listeners:
-                    app = App(
-                        build_router(
-                            config, inbound, keys, keeper, metrics, clock, listener.resources
-                        ),
-                        max_body_bytes=config.federation.max_request_body_bytes,
-                    )
-                    for host in listener.bind_addresses:
-                        worker.ports.append(await tg.start(_serve_listener, app, listener, host))
+                await tg.start(request_log.run_flush)
+                apps: dict[int, App] = {}
+                for listener, sock in sockets:
+                    app = apps.get(id(listener))
+                    if app is None:
+                        app = apps[id(listener)] = App(
+                            build_router(
+                                config, inbound, keys, keeper, metrics, clock, listener.resources
+                            ),
+                            max_body_bytes=config.federation.max_request_body_bytes,
+                            metrics=metrics,
+                            request_log=request_log,
+                        )
+                    port = await tg.start(_serve_listener, app, listener, sock, metrics)
+                    worker.ports.append(port)
+                    worker.schemes.append("https" if listener.tls_certificate_path else "http")
                 try:
                     yield worker
                 finally:
                     tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _running_store(store: Store) -> AsyncIterator[None]:
+    """``store.run`` as the child of a task group that outlives every other part.
+
+    The servers shut down first (shielded, in-flight requests finish and
+    write); then this group is cancelled and the store writes what is queued
+    and closes (``Store.run``). An error of the body leaves as itself, not
+    wrapped in an ``ExceptionGroup``, so ``run`` can still report a port in
+    use or a TLS mistake in one line.
+    """
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        try:
+            yield
+        except Exception as exc:
+            failure = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+@contextlib.asynccontextmanager
+async def _listening(
+    sockets: list[tuple[ListenerConfig, socket.socket]], request_log: ThrottledLog
+) -> AsyncIterator[None]:
+    """Own the bound listener sockets and uvicorn's log throttle until the worker stops."""
+    # uvicorn warns once per malformed request: a flood must not fill the disk.
+    uvicorn_filter = ThrottlingFilter(request_log, "uvicorn")
+    logging.getLogger("uvicorn.error").addFilter(uvicorn_filter)
+    try:
+        yield
     finally:
-        with anyio.CancelScope(shield=True):
-            await store.close()
+        logging.getLogger("uvicorn.error").removeFilter(uvicorn_filter)
+        _close_all(sockets)
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's (or the resolver's) words for ``exc``."""
+    return exc.strerror or str(exc)
+
+
+def _close_all(sockets: list[tuple[ListenerConfig, socket.socket]]) -> None:
+    for _, sock in sockets:
+        sock.close()
 
 
 # Garbage-collector policy of the serving process (not of tests). The worker
@@ -275,8 +392,7 @@ def run(config: Config) -> int:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with running_worker(config) as worker:
                 tune_gc()
-                scheme = "https" if _any_tls(config) else "http"
-                for port in worker.ports:
+                for port, scheme in zip(worker.ports, worker.schemes, strict=True):
                     logger.info(
                         "federation-presence for %s serving %s on port %d",
                         worker.server_name,
@@ -297,6 +413,3 @@ def run(config: Config) -> int:
         return 1
     return 0
 
-
-def _any_tls(config: Config) -> bool:
-    return any(listener.tls_certificate_path for listener in config.listeners)

@@ -12,10 +12,25 @@ Invariants:
 * A ``PeerError`` becomes its status and ``{"errcode", "error"}``; an unknown
   path is 404 ``M_UNRECOGNIZED``, a known path with another method 405
   ``M_UNRECOGNIZED`` (server-server API standards).
-* A body larger than the limit is refused with 413 ``M_TOO_LARGE`` before it
-  is read whole, whether or not ``Content-Length`` announced it.
+* A body larger than the limit is refused with 413 ``M_TOO_LARGE`` and never
+  held in memory, whether or not ``Content-Length`` announced it. So that the
+  sender reads that 413 (instead of a connection reset while it is still
+  sending), up to twice the limit more is read and discarded before the
+  answer (``Expect: 100-continue`` senders are answered at once, before they
+  send), and the connection is then closed. A 404 or 405 has its body (up to
+  the limit) drained the same way; the connection stays open if it all came.
+  The time this may take is bounded by the listener's body timeout
+  (``http_protocol``).
 * Nothing a client sends can make a handler's exception escape: an unexpected
-  exception is logged and answered 500 ``M_UNKNOWN`` (a bug, never an input).
+  exception is answered 500 ``M_UNKNOWN`` (a bug, never an input), a
+  ``StoreError`` 503 with ``Retry-After``. Both are logged through a
+  ``ThrottledLog``: each exception class with its traceback the first time,
+  then at most one line per window and a count of the rest, so an outage
+  under load is a line every ten seconds, not one per request.
+* Every answer of 400 or more is counted in
+  ``federation_presence_http_refusals{status, errcode}`` (labels bounded) and
+  gets one concise, rate-limited log line: method, path, client, origin and
+  txn id of a ``/send``, status, errcode and reason.
 
 Routing is a dict lookup on fixed paths plus a short list of prefix routes
 with one trailing path parameter; no framework, because per-request overhead
@@ -25,6 +40,7 @@ is the ingest budget (see BENCHMARKS.md).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +48,10 @@ from urllib.parse import unquote
 
 import orjson
 
+from federation_presence.api.request_log import ThrottledLog
+from federation_presence.clock import SystemClock
 from federation_presence.errors import PeerError, StoreError
+from federation_presence.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +61,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+STORE_RETRY_AFTER_S = 5
+# Refusal lines per window of ThrottledLog: enough to see what is going on,
+# few enough that a flood of bad requests is a handful of lines a minute.
+REFUSAL_LINES_PER_WINDOW = 20
+MAX_LOGGED_CHARS = 120
+_STATUS_LABELS = frozenset({400, 401, 403, 404, 405, 408, 413, 429, 500, 503})
+_MAX_ERRCODE_LABELS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +173,29 @@ class Router:
 
 
 class App:
-    """The ASGI callable served by uvicorn."""
+    """The ASGI callable served by uvicorn.
 
-    def __init__(self, router: Router, *, max_body_bytes: int) -> None:
+    ``metrics`` and ``request_log`` are shared by every listener of a worker;
+    without them (a bare ``App`` in a test) refusals are not counted and a
+    throttled log of the app's own is used.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics | None = None,
+        request_log: ThrottledLog | None = None,
+    ) -> None:
         self._router = router
         self._max_body_bytes = max_body_bytes
+        self._metrics = metrics
+        self._log = request_log or ThrottledLog(
+            logger, SystemClock(), lines_per_window=REFUSAL_LINES_PER_WINDOW
+        )
+        self._traced: set[str] = set()  # exception classes whose traceback was logged
+        self._errcodes: set[str] = set()  # errcode labels in use (bounded)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -159,34 +203,47 @@ class App:
             return
         if scope["type"] != "http":
             return
-        response = await self._respond(scope, receive)
+        response, close = await self._respond(scope, receive)
         headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
+        if close:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+    async def _respond(self, scope: Scope, receive: Receive) -> tuple[Response, bool]:
+        """The response, and whether the connection must close after it."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         raw_path_str = raw_path.decode("latin-1")
         path = raw_path_str
-        found = self._router.find(raw_path_str)
-        if found is None:
-            return error_response(PeerError(404, "M_UNRECOGNIZED", "Unrecognized request"))
-        methods, path_param = found
         method: str = scope["method"]
-        handler = methods.get(method)
-        if handler is None:
-            return error_response(PeerError(405, "M_UNRECOGNIZED", "Method not allowed"))
         headers = tuple(
             (key.decode("latin-1").lower(), value.decode("latin-1"))
             for key, value in scope["headers"]
         )
+        client = scope.get("client")
+        client_host = client[0] if client else None
+        found = self._router.find(raw_path_str)
+        if found is None:
+            error = PeerError(404, "M_UNRECOGNIZED", "Unrecognized request")
+            drained = await self._drain(headers, receive, self._max_body_bytes)
+            return self._refuse(_unread(method, path, headers, client_host), error), not drained
+        methods, path_param = found
+        handler = methods.get(method)
+        if handler is None:
+            error = PeerError(405, "M_UNRECOGNIZED", "Method not allowed")
+            drained = await self._drain(headers, receive, self._max_body_bytes)
+            return self._refuse(_unread(method, path, headers, client_host), error), not drained
         try:
             body = await self._read_body(headers, receive)
         except PeerError as error:
-            return error_response(error)
+            if error.status == 413:
+                # On Content-Length nothing was read: up to twice the limit is
+                # drained; while streaming the limit was read: as much again.
+                # Drained or not, the connection closes: its sender overdid it.
+                await self._drain(headers, receive, 2 * self._max_body_bytes)
+            return self._refuse(_unread(method, path, headers, client_host), error), True
         query_bytes: bytes = scope.get("query_string", b"")
         query_string = query_bytes.decode("latin-1")
-        client = scope.get("client")
         request = Request(
             method=method,
             path=path,
@@ -195,18 +252,32 @@ class App:
             headers=headers,
             body=body,
             path_param=path_param,
-            client=client[0] if client else None,
+            client=client_host,
         )
         try:
-            return await handler(request)
+            response = await handler(request)
         except PeerError as error:
-            return error_response(error)
-        except StoreError:
-            logger.exception("store failure answering %s %s", method, path)
-            return error_response(PeerError(503, "M_UNKNOWN", "storage unavailable, retry later"))
-        except Exception:
-            logger.exception("bug: unexpected exception answering %s %s", method, path)
-            return error_response(PeerError(500, "M_UNKNOWN", "internal error"))
+            return self._refuse(request, error), False
+        except StoreError as exc:
+            self._log_failure(request, exc, "store failure")
+            if self._metrics is not None:
+                self._metrics.store_failures.labels(type(exc).__name__).inc()
+            unavailable = PeerError(
+                503,
+                "M_UNKNOWN",
+                "storage unavailable, retry later",
+                {"retry_after_ms": STORE_RETRY_AFTER_S * 1000},
+            )
+            refused = self._refuse(request, unavailable, log=False)
+            retry_after = (b"retry-after", str(STORE_RETRY_AFTER_S).encode())
+            return Response(refused.status, refused.body, (*refused.headers, retry_after)), False
+        except Exception as exc:
+            self._log_failure(request, exc, "bug: unexpected exception")
+            internal = PeerError(500, "M_UNKNOWN", "internal error")
+            return self._refuse(request, internal, log=False), False
+        if response.status >= 400:
+            self._count(response.status, "")
+        return response, False
 
     async def _read_body(self, headers: tuple[tuple[str, str], ...], receive: Receive) -> bytes:
         limit = self._max_body_bytes
@@ -230,6 +301,112 @@ class App:
             if not message.get("more_body", False):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _drain(
+        self, headers: tuple[tuple[str, str], ...], receive: Receive, allowance: int
+    ) -> bool:
+        """Read and discard the rest of a refused request's body, at most ``allowance`` bytes.
+
+        True if the body ended (the connection may be reused). False if it is
+        (or is announced) longer, if the client left, or if an ``Expect:
+        100-continue`` sender awaits our go-ahead: it is not given, the sender
+        reads the refusal before sending, and the connection is closed.
+        """
+        for key, value in headers:
+            if key == "expect" and value.lower() == "100-continue":
+                return False
+            if key == "content-length" and value.isdigit() and int(value) > allowance:
+                return False
+        discarded = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            discarded += len(message.get("body", b""))
+            if discarded > allowance:
+                return False
+            if not message.get("more_body", False):
+                return True
+
+    def _refuse(self, request: Request, error: PeerError, *, log: bool = True) -> Response:
+        """The answer to a refused request: counted, and logged within the budget."""
+        self._count(error.status, error.errcode)
+        if log:
+            level = logging.WARNING if error.status >= 500 else logging.INFO
+            if self._log.allow("refused requests", level):
+                logger.log(
+                    level,
+                    "refused %s %s from %s%s: %d %s %s",
+                    request.method,
+                    _clip(request.path),
+                    request.client or "?",
+                    _send_details(request),
+                    error.status,
+                    error.errcode,
+                    _clip(error.message),
+                )
+        return error_response(error)
+
+    def _count(self, status: int, errcode: str) -> None:
+        if self._metrics is None:
+            return
+        if errcode not in self._errcodes:
+            if len(self._errcodes) >= _MAX_ERRCODE_LABELS:
+                errcode = "other"
+            else:
+                self._errcodes.add(errcode)
+        status_label = str(status) if status in _STATUS_LABELS else "other"
+        self._metrics.http_refusals.labels(status_label, errcode or "none").inc()
+
+    def _log_failure(self, request: Request, exc: Exception, what: str) -> None:
+        """A failure while answering: traceback once per class, then throttled lines."""
+        name = type(exc).__name__
+        if not self._log.allow(f"{what}s ({name})", logging.ERROR, lines=1):
+            return
+        first = name not in self._traced
+        self._traced.add(name)
+        logger.error(
+            "%s answering %s %s: %s: %s%s",
+            what,
+            request.method,
+            _clip(request.path),
+            name,
+            _clip(str(exc)),
+            "" if first else " (traceback logged at its first occurrence)",
+            exc_info=exc if first else None,
+        )
+
+
+def _unread(
+    method: str, path: str, headers: tuple[tuple[str, str], ...], client: str | None
+) -> Request:
+    """What a refusal before the handler knows of its request (for the log line)."""
+    return Request(method, path, path, {}, headers, b"", client=client)
+
+
+def _clip(text: str) -> str:
+    """``text`` safe for one log line: non-printables escaped, length bounded."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= MAX_LOGGED_CHARS else text[: MAX_LOGGED_CHARS - 3] + "..."
+
+
+def _send_details(request: Request) -> str:
+    """`` (origin O, txn T)`` for a ``/send`` with an X-Matrix origin, else ``""``."""
+    if not request.path.startswith(SEND_PATH_PREFIX):
+        return ""
+    txn_id = unquote(request.path[len(SEND_PATH_PREFIX) :])
+    origin = "?"
+    for value in request.header_values("authorization"):
+        match = _ORIGIN_RE.search(value)
+        if match is not None:
+            origin = match[1] or match[2]
+            break
+    return f" (origin {_clip(origin)}, txn {_clip(txn_id)})"
+
+
+SEND_PATH_PREFIX = "/_matrix/federation/v1/send/"
+_ORIGIN_RE = re.compile(r'origin=(?:"([^"]*)"|([^,\s]*))')
 
 
 def _parse_query(query_string: str) -> dict[str, str]:

@@ -63,7 +63,7 @@ def add_client_routes(
         parsed = parse_user_id(request.path_param)
         if parsed is None:
             raise PeerError(400, "M_INVALID_PARAM", "not a user ID")
-        user = keeper.get(UserId(parsed[0]))
+        user = await keeper.get(UserId(parsed[0]))
         if user is None:
             raise PeerError(404, "M_NOT_FOUND", "no presence known for this user")
         return json_response(

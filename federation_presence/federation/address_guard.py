@@ -19,6 +19,12 @@ extension, so the certificate is verified for the server name, not the IP.
 Invariants:
 
 * No TCP connection is ever opened to an address the policy refuses.
+* A connection cancelled during its TLS handshake is closed there and then.
+  httpcore 1.0's ``start_tls`` closes the socket on ``Exception`` only, so a
+  cancellation (a key fetch preempted or past its deadline while the peer
+  sits on our ClientHello) would leave the socket to the garbage collector:
+  under a flood of silent key servers, file descriptors piling up.
+  ``connect_tcp`` therefore hands out ``_ClosingOnCancel`` streams.
 * Every failure here is an ``httpcore.ConnectError`` (``ConnectTimeout`` for a
   resolution that outlives the connect timeout), which httpx maps to
   ``httpx.ConnectError``; a refusal says "IP address blocked" and names the
@@ -77,9 +83,11 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
         last: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for ip in await self.addresses(host, port, timeout):
             try:
-                return await self._inner.connect_tcp(ip, port, timeout, local_address, options)
+                stream = await self._inner.connect_tcp(ip, port, timeout, local_address, options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
+            else:
+                return _ClosingOnCancel(stream)
         assert last is not None  # addresses() never returns an empty list
         raise last
 
@@ -93,6 +101,38 @@ class AddressGuard(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+class _ClosingOnCancel(httpcore.AsyncNetworkStream):
+    """A network stream whose TLS handshake, if it fails in any way, closes it."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._stream.get_extra_info(info)
 
 
 def guarded_transport(tls_context: ssl.SSLContext, policy: IpPolicy) -> httpx.AsyncHTTPTransport:

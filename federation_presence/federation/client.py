@@ -1,6 +1,7 @@
 """Outbound federation HTTP: the one way this worker talks to other servers.
 
-``FederationClient`` owns ONE ``httpx.AsyncClient``. For every request it
+``FederationClient`` sends through the worker's one outbound HTTP stack
+(``outbound_http.OutboundHttp``). For every request it
 resolves the destination's server name (``resolver.py``), connects to
 ``resolved.host:resolved.port``, sends ``Host: resolved.host_header`` and uses
 ``resolved.tls_server_name`` as the SNI and certificate name (httpx's
@@ -19,26 +20,22 @@ Invariants:
 * Everything is bounded: the whole exchange (connect, TLS, send, read) runs
   under ``timeout_ms``; a response body larger than ``max_response_bytes`` is
   refused while streaming, before it is all read.
-* A TLS connection verified for one certificate name is never reused for
-  another. httpx pools connections by URL origin (address and port) only, so
-  two server names delegated to one address would otherwise share a
-  connection checked for the first name's certificate. The default transport,
-  ``CertificateNamePools``, therefore keeps one connection pool per
-  certificate name (bounded; idle pools are closed least recently used
-  first). An injected ``transport`` (tests) is used as is.
-* Every connection of the default transport goes through ``AddressGuard``
-  (``address_guard.py``): the destination's host is resolved at connect time
-  and only addresses ``ip_policy`` allows are dialled (default: Synapse's
-  blocklist of loopback, private, link-local, ... ranges), so a peer cannot
-  make us reach internal addresses. A refusal is a ``DestinationError``
-  saying "IP address blocked".
+* The HTTP stack is ``outbound_http.OutboundHttp``: one per worker, shared
+  with the resolver (pass ``http=``), or built here from the same arguments
+  (``transport``, ``verify_certificates``, ``ca_bundle``, ``ip_policy``) when
+  none is given. It keeps one connection pool per certificate name, so a TLS
+  connection verified for one name is never reused for another, and dials
+  only addresses ``ip_policy`` allows (default: Synapse's blocklist); a
+  refusal is a ``DestinationError`` saying "IP address blocked".
+* When the stack has no room for another destination (every connection pool
+  busy), the request is not sent and fails with ``DestinationBusyError``: a
+  ``DestinationError`` that is also an ``OutboundBusyError``, our capacity,
+  not the destination's fault.
 * The client never retries: backoff belongs to the caller (the sender).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -50,19 +47,19 @@ from signedjson.types import SigningKey
 
 from federation_presence.clock import Clock
 from federation_presence.errors import PeerError, UpstreamError
-from federation_presence.federation.address_guard import guarded_transport
 from federation_presence.federation.ip_policy import IpPolicy
-from federation_presence.federation.resolver import (
-    USER_AGENT,
-    DestinationResolver,
-    ResolvedDestination,
-    federation_tls_context,
+from federation_presence.federation.outbound_http import (
+    BodyTooLarge,
+    OutboundBusyError,
+    OutboundHttp,
+    PoolsExhausted,
+    read_bounded,
 )
+from federation_presence.federation.resolver import DestinationResolver, ResolvedDestination
 from federation_presence.federation.xmatrix import authorization_header
 
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-MAX_POOLS = 512
 _SHOWN_CHARS = 200
 
 
@@ -89,101 +86,8 @@ class DestinationError(UpstreamError):
         self.retry_after_ms = retry_after_ms
 
 
-class _ResponseTooLarge(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Pool:
-    """One certificate name's connection pool and its requests in flight."""
-
-    __slots__ = ("in_flight", "transport")
-
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
-        self.transport = transport
-        self.in_flight = 0
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that marks its pool idle again once closed."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, pool: _Pool) -> None:
-        self._stream = stream
-        self._pool: _Pool | None = pool
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if self._pool is not None:
-                self._pool.in_flight -= 1
-                self._pool = None
-
-
-class CertificateNamePools(httpx.AsyncBaseTransport):
-    """Connection pools keyed by the ``sni_hostname`` extension (None for IPs).
-
-    ``new_pool`` makes one pool (an ``httpx.AsyncHTTPTransport`` in service).
-    Beyond ``max_pools`` the least recently used pools with no request in
-    flight are closed; busy pools are never closed under a request.
-    """
-
-    def __init__(
-        self,
-        new_pool: Callable[[], httpx.AsyncBaseTransport],
-        max_pools: int = MAX_POOLS,
-    ) -> None:
-        self._new_pool = new_pool
-        self._max_pools = max_pools
-        self._pools: OrderedDict[str | None, _Pool] = OrderedDict()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        name = request.extensions.get("sni_hostname")
-        pool = self._pools.get(name)
-        if pool is None:
-            pool = _Pool(self._new_pool())
-            self._pools[name] = pool
-            await self._close_idle_beyond_limit()
-        self._pools.move_to_end(name)
-        pool.in_flight += 1
-        try:
-            response = await pool.transport.handle_async_request(request)
-        except BaseException:
-            pool.in_flight -= 1
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_ReleasingStream(response.stream, pool),
-            extensions=response.extensions,
-        )
-
-    async def _close_idle_beyond_limit(self) -> None:
-        excess = len(self._pools) - self._max_pools
-        for name, pool in list(self._pools.items()):
-            if excess <= 0:
-                break
-            if pool.in_flight == 0:
-                del self._pools[name]
-                excess -= 1
-                await pool.transport.aclose()
-
-    @property
-    def names(self) -> list[str | None]:
-        """The certificate names with an open pool, least recently used first."""
-        return list(self._pools)
-
-    async def aclose(self) -> None:
-        pools = list(self._pools.values())
-        self._pools.clear()
-        for pool in pools:
-            await pool.transport.aclose()
+class DestinationBusyError(DestinationError, OutboundBusyError):
+    """The request to ``destination`` was not sent: no room in our HTTP stack."""
 
 
 def request_url(resolved: ResolvedDestination, path: str) -> httpx.URL:
@@ -216,25 +120,29 @@ class FederationClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         ip_policy: IpPolicy | None = None,
+        http: OutboundHttp | None = None,
     ) -> None:
-        """``ip_policy`` None = ``IpPolicy()``, Synapse's default blocklist."""
+        """``http``: the worker's shared stack (then ``verify_certificates``,
+        ``ca_bundle``, ``transport`` and ``ip_policy`` are unused, and closing
+        it is its owner's business); None builds one from those arguments.
+        ``ip_policy`` None = ``IpPolicy()``, Synapse's default blocklist.
+        """
         self._server_name = server_name
         self._signing_key = signing_key
         self._resolver = resolver
         self._clock = clock
         self._timeout_ms = timeout_ms
         self._max_response_bytes = max_response_bytes
-        if transport is None:
-            tls_context = federation_tls_context(verify_certificates, ca_bundle)
-            policy = ip_policy if ip_policy is not None else IpPolicy()
-            transport = CertificateNamePools(lambda: guarded_transport(tls_context, policy))
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(timeout_ms / 1000),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self._owns_http = http is None
+        if http is None:
+            http = OutboundHttp(
+                verify_certificates=verify_certificates,
+                ca_bundle=ca_bundle,
+                ip_policy=ip_policy,
+                transport=transport,
+            )
+        self._stack = http
+        self._http = http.client
 
     async def __aenter__(self) -> Self:
         return self
@@ -248,7 +156,8 @@ class FederationClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._stack.aclose()
 
     async def get_json(self, destination: str, path: str) -> dict[str, Any]:
         """GET ``path`` (the request target, query included) from ``destination``."""
@@ -276,7 +185,7 @@ class FederationClient:
             with anyio.fail_after(self._timeout_ms / 1000):
                 response = await self._http.send(request, stream=True)
                 try:
-                    data = await self._read_body(response)
+                    data = await read_bounded(response, self._max_response_bytes)
                 finally:
                     await response.aclose()
         except (TimeoutError, httpx.TimeoutException) as exc:
@@ -287,11 +196,15 @@ class FederationClient:
                 f"{method} {path[:100]} timed out after {elapsed_ms} ms "
                 f"(limit {self._timeout_ms} ms) at {_where(resolved)}{phase}",
             ) from exc
-        except _ResponseTooLarge as exc:
+        except BodyTooLarge as exc:
             raise DestinationError(
                 destination,
                 f"{method} {path[:100]}: response larger than {self._max_response_bytes} bytes",
                 status=exc.status,
+            ) from exc
+        except PoolsExhausted as exc:
+            raise DestinationBusyError(
+                destination, f"{method} {path[:100]} not sent: {exc}"
             ) from exc
         except httpx.HTTPError as exc:
             raise DestinationError(
@@ -305,6 +218,8 @@ class FederationClient:
             return await self._resolver.resolve(destination)
         except DestinationError:
             raise
+        except OutboundBusyError as exc:
+            raise DestinationBusyError(destination, f"cannot resolve: {exc}") from exc
         except UpstreamError as exc:
             raise DestinationError(destination, f"cannot resolve: {exc}") from exc
 
@@ -333,6 +248,7 @@ class FederationClient:
             content=content,
             headers=headers,
             extensions=extensions,
+            timeout=httpx.Timeout(self._timeout_ms / 1000),
         )
         # Sign the target exactly as it goes on the wire.
         uri = request.url.raw_path.decode("ascii")
@@ -343,17 +259,6 @@ class FederationClient:
         except PeerError as exc:  # our own body is not canonical JSON: a bug here
             raise ValueError(exc.message) from exc
         return request
-
-    async def _read_body(self, response: httpx.Response) -> bytes:
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_response_bytes:
-            raise _ResponseTooLarge(response.status_code)
-        data = bytearray()
-        async for chunk in response.aiter_bytes():
-            data += chunk
-            if len(data) > self._max_response_bytes:
-                raise _ResponseTooLarge(response.status_code)
-        return bytes(data)
 
 
 def _where(resolved: ResolvedDestination) -> str:

@@ -58,23 +58,34 @@ class InboundLimits:
 
 
 class _OriginLocks:
-    """One lock per origin, kept for reuse; idle locks are dropped past a bound.
+    """One lock per origin, kept for reuse; idle locks are dropped as the table grows.
 
     Creating a lock per request cost ~3% of a 1-push transaction, so locks
-    stay in the table; when it outgrows ``max_origins``, every lock nobody
-    holds or waits for is dropped (a flood of origins cannot grow memory).
+    stay in the table; whenever it has doubled since the last sweep (and is
+    past ``SWEEP_FLOOR``), every lock nobody holds or waits for is dropped
+    and the table rebuilt. So it follows what is live: at most twice the
+    locks in use at the last sweep plus the floor, not every origin that
+    ever sent; a sweep costs O(1) amortised per new lock. Past
+    ``max_origins`` a sweep runs at every new origin.
     """
+
+    SWEEP_FLOOR = 64
 
     def __init__(self, max_origins: int = 10_000) -> None:
         self._locks: dict[str, anyio.Lock] = {}
         self._max_origins = max_origins
+        self._sweep_at = min(self.SWEEP_FLOOR, max_origins)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
     @contextlib.asynccontextmanager
     async def hold(self, origin: str) -> AsyncIterator[None]:
         lock = self._locks.get(origin)
         if lock is None:
-            if len(self._locks) >= self._max_origins:
+            if len(self._locks) >= self._sweep_at:
                 self._drop_idle()
+                self._sweep_at = min(max(self.SWEEP_FLOOR, 2 * len(self._locks)), self._max_origins)
             lock = self._locks[origin] = anyio.Lock()
         # Uncontended is the common case (a sender keeps one transaction in
         # flight); anyio's acquire() would yield to the loop even then.

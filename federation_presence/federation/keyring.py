@@ -22,19 +22,37 @@ Rules that hold:
   min(``valid_until_ts``, ``fetched_ts`` + 7 days). ``old_verify_keys`` are
   cached (events may need them) but never verify a request.
 * Every refusal is ``PeerError(401, "M_UNAUTHORIZED")``, also when no key
-  server answers ("could not fetch keys for X"): never a 5xx.
+  server answers ("could not fetch keys for X"): never a 5xx. The one
+  exception is our own capacity: a fetch that ``KeyFetchSlots`` turned away
+  or preempted is ``PeerError(429, "M_LIMIT_EXCEEDED")`` with
+  ``retry_after_ms``, "try again", not "your keys are bad".
 * One refresh per server at a time (singleflight): concurrent requests wait on
   the refresh in flight. The refresh runs in the task of the request that
   started it, shielded from that request's cancellation (a client hanging up
-  must not fail the others), and bounded by ``fetch_timeout_ms`` of the
-  injected clock. No task outlives the call that started it.
+  must not fail the others). No task outlives the call that started it.
+* Fetches from the network (the origin, then notaries) run in
+  ``key_fetch_slots.KeyFetchSlots``: at most ``fetch_concurrency`` at once,
+  each under ``fetch_timeout_ms`` for the origin and every notary together
+  (the origin's own server gets half of it when notaries are configured, so
+  that a silent origin leaves them time), preempted past
+  ``contended_fetch_timeout_ms`` when other origins wait, newest waiter
+  first. That module's docstring says why; the upshot is that thousands of
+  hanging key servers cannot keep a new origin from being fetched.
 * At most one fetch per server per ``refetch_interval_ms`` after a success, so
   a flood of unknown key IDs costs one fetch, not one per request; after a
   failure the next fetch waits ``failure_cache_ms``, doubling per consecutive
   failure up to ``max_failure_cache_ms``.
+* The failure cache records only the origin's own failures: its server
+  refused, timed out, could not be resolved or reached, or answered something
+  that is not a valid self-signed key response. Never our capacity (the fetch
+  was turned away, preempted, or the HTTP stack was full:
+  ``OutboundBusyError``) and never an unexpected error here (a bug): those
+  are answered, and the next request tries again.
 * Memory is bounded: at most ``max_servers`` servers (least recently used
-  dropped) and ``MAX_KEYS_PER_SERVER`` keys each; responses are read only up
-  to ``MAX_KEYS_PER_RESPONSE`` keys and ``MAX_NOTARY_ITEMS`` items.
+  dropped; a server's failure-cache entry is part of its state) and
+  ``MAX_KEYS_PER_SERVER`` keys each; responses are read only up to
+  ``MAX_KEYS_PER_RESPONSE`` keys and ``MAX_NOTARY_ITEMS`` items; the fetches
+  themselves are bounded by ``KeyFetchSlots``.
 * A failing store cache never fails a request: it is logged and skipped.
 """
 
@@ -42,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import logging
 import re
 from collections import OrderedDict
@@ -56,6 +75,14 @@ from unpaddedbase64 import encode_base64
 
 from federation_presence.clock import Clock
 from federation_presence.errors import ConfigError, PeerError, StoreError, UpstreamError
+from federation_presence.federation.key_fetch_slots import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CONTENDED_TIMEOUT_MS,
+    DEFAULT_TIMEOUT_MS,
+    FetchOutcome,
+    KeyFetchSlots,
+)
+from federation_presence.federation.outbound_http import OutboundBusyError
 from federation_presence.federation.xmatrix import (
     MAX_SAFE_INTEGER,
     XMatrixAuth,
@@ -91,7 +118,11 @@ __all__ = [
 
 
 class KeyFetcher(Protocol):
-    """HTTPS to a server name; a JSON object back, ``UpstreamError`` on any failure."""
+    """HTTPS to a server name; a JSON object back, ``UpstreamError`` on any failure.
+
+    ``OutboundBusyError`` (an ``UpstreamError``) means the request was not
+    sent for lack of capacity here: not held against the server.
+    """
 
     async def get_json(self, destination: str, path: str) -> dict[str, Any]: ...
 
@@ -298,11 +329,32 @@ class _UsableKey:
     valid_until_ts: int  # min(valid_until_ts, fetched_ts + 7 days)
 
 
+class _Refresh(enum.Enum):
+    """What one refresh of a server's keys came to."""
+
+    NOT_FETCHED = "not fetched"  # the store had the key, or a fetch is not due
+    FETCHED = "fetched"  # verified keys came back (maybe not the one asked for)
+    ORIGIN_FAILED = "origin failed"  # its own failure: recorded in the failure cache
+    UNAVAILABLE = "unavailable"  # an error on our side: not recorded
+    BUSY = "busy"  # no fetch slot (turned away or preempted): not recorded
+
+
 @dataclass(slots=True)
 class _Flight:
-    """A refresh in progress; waiters wait on ``done``."""
+    """A refresh in progress; waiters wait on ``done``, then read ``result``."""
 
     done: anyio.Event = field(default_factory=anyio.Event)
+    result: _Refresh = _Refresh.NOT_FETCHED
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one network fetch found, and whether the origin's own server failed."""
+
+    records: list[ServerKeyRecord] = field(default_factory=list)
+    origin_failed: bool = False
+    asking_origin: bool = False
+    not_sent: bool = False  # a request was not sent: our HTTP stack was full
 
 
 @dataclass(slots=True)
@@ -328,8 +380,10 @@ class Keyring:
         refetch_interval_ms: int = 30_000,
         failure_cache_ms: int = 60_000,
         max_failure_cache_ms: int = 15 * 60_000,
-        fetch_timeout_ms: int = 30_000,
+        fetch_timeout_ms: int = DEFAULT_TIMEOUT_MS,
         max_servers: int = 10_000,
+        fetch_concurrency: int = DEFAULT_CONCURRENCY,
+        contended_fetch_timeout_ms: int = DEFAULT_CONTENDED_TIMEOUT_MS,
     ) -> None:
         self._fetcher = fetcher
         self._cache = cache
@@ -342,6 +396,17 @@ class Keyring:
         self._fetch_timeout_ms = fetch_timeout_ms
         self._max_servers = max_servers
         self._servers: OrderedDict[str, _ServerState] = OrderedDict()
+        self._slots = KeyFetchSlots(
+            clock,
+            concurrency=fetch_concurrency,
+            timeout_ms=fetch_timeout_ms,
+            contended_timeout_ms=contended_fetch_timeout_ms,
+        )
+
+    @property
+    def fetch_slots(self) -> KeyFetchSlots:
+        """The key-fetch scheduler (its ``running``/``waiting`` counts)."""
+        return self._slots
 
     async def verify_request(self, auth: XMatrixAuth, signed_bytes: bytes) -> None:
         """Check an X-Matrix signature; ``PeerError(401)`` unless it is good.
@@ -376,14 +441,22 @@ class Keyring:
             flight = state.flight = _Flight()
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._refresh(origin, key_id, state)
+                    flight.result = await self._refresh(origin, key_id, state)
             finally:
                 state.flight = None
                 flight.done.set()
         key = state.keys.get(key_id)
         if key is not None and self._clock.now_ms() < key.valid_until_ts:
             return key
-        if state.failures:
+        result = flight.result if flight is not None else _Refresh.NOT_FETCHED
+        if result is _Refresh.BUSY:
+            raise PeerError(
+                429,
+                "M_LIMIT_EXCEEDED",
+                f"too many key fetches in progress: keys of {origin} not fetched yet",
+                {"retry_after_ms": self._slots.contended_timeout_ms},
+            )
+        if state.failures or result is _Refresh.UNAVAILABLE:
             raise _unauthorized(f"could not fetch keys for {origin}")
         if key is not None:
             raise _unauthorized(f"key {key_id} of {origin} has expired")
@@ -403,31 +476,45 @@ class Keyring:
         key = state.keys.get(key_id)
         return key is not None and self._clock.now_ms() < key.valid_until_ts
 
-    async def _refresh(self, origin: str, key_id: str, state: _ServerState) -> None:
-        """Store first, then (if still needed and allowed) a bounded fetch."""
+    async def _refresh(self, origin: str, key_id: str, state: _ServerState) -> _Refresh:
+        """Store first, then (if still needed and allowed) a fetch in a slot."""
         records = await self._bounded(lambda: self._cached_records(origin)) or []
         state.store_loaded = True
         self._merge(state, records)
         if self._usable(state, key_id) or self._clock.monotonic() < state.next_fetch_at:
-            return
-        fetched: list[ServerKeyRecord] = []
-        await self._bounded(lambda: self._fetch(origin, key_id, fetched))
+            return _Refresh.NOT_FETCHED
+        attempt = _Attempt()
+        outcome = await self._slots.run(lambda: self._fetch(origin, key_id, attempt))
         now_s = self._clock.monotonic()
-        if not fetched:
+        if attempt.records:
+            state.failures = 0
+            state.next_fetch_at = now_s + self._refetch_interval_s
+            self._merge(state, attempt.records)
+            await self._bounded(lambda: self._store_records(attempt.records))
+            return _Refresh.FETCHED
+        if outcome is FetchOutcome.TIMED_OUT and attempt.asking_origin:
+            logger.info("keys of %s: its server did not answer in time", origin)
+            attempt.origin_failed = True
+        if attempt.origin_failed:
             state.failures += 1
             backoff_ms = min(
                 self._failure_cache_ms * 2 ** min(state.failures - 1, 30),
                 self._max_failure_cache_ms,
             )
             state.next_fetch_at = now_s + backoff_ms / 1000
-            return
-        state.failures = 0
-        state.next_fetch_at = now_s + self._refetch_interval_s
-        self._merge(state, fetched)
-        await self._bounded(lambda: self._store_records(fetched))
+            return _Refresh.ORIGIN_FAILED
+        if outcome in (FetchOutcome.PREEMPTED, FetchOutcome.BUSY) or attempt.not_sent:
+            logger.info("keys of %s: not fetched, key fetches are busy (%s)", origin, outcome.value)
+            return _Refresh.BUSY
+        return _Refresh.UNAVAILABLE
 
-    async def _bounded(self, work: Callable[[], Awaitable[_T]]) -> _T | None:
-        """``work()``'s result, or None if it took over ``fetch_timeout_ms`` of clock time."""
+    async def _bounded(
+        self, work: Callable[[], Awaitable[_T]], limit_ms: int | None = None
+    ) -> _T | None:
+        """``work()``'s result, or None if it took over ``limit_ms`` of clock time.
+
+        ``limit_ms`` defaults to ``fetch_timeout_ms``.
+        """
         result: list[_T] = []
 
         async def run(scope: anyio.CancelScope) -> None:
@@ -441,7 +528,7 @@ class Keyring:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run, tg.cancel_scope)
-            await self._clock.sleep_ms(self._fetch_timeout_ms)
+            await self._clock.sleep_ms(self._fetch_timeout_ms if limit_ms is None else limit_ms)
             tg.cancel_scope.cancel()
         return result[0] if result else None
 
@@ -458,31 +545,45 @@ class Keyring:
         except StoreError as exc:
             logger.warning("key cache write for %s failed: %s", records[0].server_name, exc)
 
-    async def _fetch(self, origin: str, key_id: str, fetched: list[ServerKeyRecord]) -> None:
-        """Append verified records to ``fetched``: origin first, then notaries as needed."""
-        sources: list[TrustedKeyServer | None] = [None, *self._notaries]
-        for notary in sources:
-            source = origin if notary is None else notary.server_name
-            try:
-                if notary is None:
-                    records = await self._direct(origin, self._clock.now_ms())
-                else:
-                    records = await self._via_notary(origin, notary, self._clock.now_ms())
-            except UpstreamError as exc:
-                logger.info("keys of %s from %s: %s", origin, source, exc)
-                continue
-            except Exception:
-                # The fetcher's contract is UpstreamError; anything else is its bug:
-                # logged, and the next source is still tried.
-                logger.exception("keys of %s from %s: unexpected error", origin, source)
-                continue
-            fetched.extend(records)
-            now = self._clock.now_ms()
-            if any(
-                r.key_id == key_id and r.expired_ts is None and now < _usable_until(r)
-                for r in records
-            ):
+    async def _fetch(self, origin: str, key_id: str, attempt: _Attempt) -> None:
+        """Verified records into ``attempt``: the origin first, then notaries as needed."""
+        own_share_ms = self._fetch_timeout_ms // 2 if self._notaries else self._fetch_timeout_ms
+        attempt.asking_origin = True
+        answered = await self._bounded(lambda: self._ask(origin, None, attempt), own_share_ms)
+        attempt.asking_origin = False
+        if answered is None:
+            logger.info("keys of %s: its server did not answer in %d ms", origin, own_share_ms)
+            attempt.origin_failed = True
+        for notary in self._notaries:
+            if _has_current(attempt.records, key_id, self._clock.now_ms()):
                 return
+            await self._ask(origin, notary, attempt)
+
+    async def _ask(self, origin: str, notary: TrustedKeyServer | None, attempt: _Attempt) -> bool:
+        """Add what ``notary`` (None: the origin itself) has for ``origin`` to ``attempt``.
+
+        Returns once it has an answer or a failure; True, for ``_bounded``.
+        """
+        source = origin if notary is None else notary.server_name
+        try:
+            if notary is None:
+                records = await self._direct(origin, self._clock.now_ms())
+            else:
+                records = await self._via_notary(origin, notary, self._clock.now_ms())
+        except OutboundBusyError as exc:
+            logger.info("keys of %s from %s not asked: %s", origin, source, exc)
+            attempt.not_sent = True
+        except UpstreamError as exc:
+            logger.info("keys of %s from %s: %s", origin, source, exc)
+            if notary is None:
+                attempt.origin_failed = True
+        except Exception:
+            # The fetcher's contract is UpstreamError; anything else is its bug:
+            # logged, not held against the origin, and the next source is tried.
+            logger.exception("keys of %s from %s: unexpected error", origin, source)
+        else:
+            attempt.records.extend(records)
+        return True
 
     async def _direct(self, origin: str, now: int) -> list[ServerKeyRecord]:
         response = await self._fetcher.get_json(origin, KEY_SERVER_PATH)
@@ -516,3 +617,10 @@ class Keyring:
 
 def _usable_until(record: ServerKeyRecord) -> int:
     return min(record.valid_until_ts, record.fetched_ts + MAX_KEY_LIFETIME_MS)
+
+
+def _has_current(records: Sequence[ServerKeyRecord], key_id: str, now: int) -> bool:
+    """Whether ``records`` hold ``key_id`` as a current key usable at ``now``."""
+    return any(
+        r.key_id == key_id and r.expired_ts is None and now < _usable_until(r) for r in records
+    )

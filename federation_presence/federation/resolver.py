@@ -17,9 +17,9 @@ What this module owns:
   ``random.Random``), ``fallback_destination``, ``parse_well_known`` and the
   cache periods (``well_known_cache_period_ms``, ``failure_cache_period_ms``).
   Given a name that is not a server name they raise ``UpstreamError``.
-* The shell: ``ServerResolver`` (the ``.well-known`` fetch through one
-  ``httpx.AsyncClient`` with an injectable transport, its cache, the SRV
-  lookups) and ``DnsSrvLookup`` (dnspython's ``dns.asyncresolver`` behind the
+* The shell: ``ServerResolver`` (the ``.well-known`` fetch through the
+  worker's one outbound HTTP stack, ``outbound_http.OutboundHttp``, its
+  cache, the SRV lookups) and ``DnsSrvLookup`` (dnspython's ``dns.asyncresolver`` behind the
   ``SrvLookup`` protocol; A/AAAA/CNAME resolution of the chosen host is left to
   the connect, i.e. the OS resolver, in ``address_guard.AddressGuard``).
 
@@ -39,7 +39,8 @@ Invariants:
   (least recently used evicted first). Time comes only from the ``Clock``.
 * The ``.well-known`` fetch connects through ``AddressGuard``: only to
   addresses ``ip_policy`` allows (default: Synapse's blocklist); a refused
-  address is a failed fetch like any other.
+  address is a failed fetch like any other. A fetch the stack had no room
+  for (``OutboundBusyError``, our capacity) is raised, never cached.
 * A DNS failure other than "no such record" raises ``UpstreamError`` (the
   caller backs off and retries) rather than silently skipping to port 8448.
 """
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import ssl
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,11 +65,16 @@ import dns.resolver
 import httpx
 import orjson
 
-from federation_presence import __version__
 from federation_presence.clock import Clock
-from federation_presence.errors import ConfigError, UpstreamError
-from federation_presence.federation.address_guard import guarded_transport
+from federation_presence.errors import UpstreamError
 from federation_presence.federation.ip_policy import IpPolicy
+from federation_presence.federation.outbound_http import (
+    BodyTooLarge,
+    OutboundBusyError,
+    OutboundHttp,
+    PoolsExhausted,
+    read_bounded,
+)
 from federation_presence.ids import ServerName, parse_server_name, split_server_name
 
 DEFAULT_FEDERATION_PORT = 8448
@@ -87,7 +92,6 @@ WELL_KNOWN_TIMEOUT_MS = 10_000
 WELL_KNOWN_MAX_CACHE_ENTRIES = 10_000
 DNS_TIMEOUT_MS = 5_000
 SRV_SERVICES = ("_matrix-fed._tcp", "_matrix._tcp")
-USER_AGENT = f"federation-presence/{__version__}"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -286,30 +290,6 @@ def failure_cache_period_ms(consecutive_failures: int) -> int:
 # --- the shell ------------------------------------------------------------------
 
 
-def federation_tls_context(
-    verify_certificates: bool = True, ca_bundle: Path | None = None
-) -> ssl.SSLContext:
-    """The TLS policy of all outbound federation traffic.
-
-    Verification on: the CA file ``ca_bundle`` alone when given (test
-    networks), else httpx's default trust (certifi, or ``SSL_CERT_FILE``).
-    ``verify_certificates=False`` turns checking off entirely.
-    """
-    if not verify_certificates:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    elif ca_bundle is not None:
-        try:
-            context = ssl.create_default_context(cafile=str(ca_bundle))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError("federation.ca_bundle", f"cannot load {ca_bundle}: {exc}") from exc
-    else:
-        context = httpx.create_ssl_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 class DnsSrvLookup:
     """SRV lookups through dnspython's async stub resolver.
 
@@ -366,16 +346,12 @@ class _CachedWellKnown:
     consecutive_failures: int
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class ServerResolver:
     """Resolves server names; owns the ``.well-known`` HTTP client and cache.
 
-    Use as an async context manager (or call ``aclose``) to close the client.
-    ``well_known_port`` is 443 on the real federation; test networks set it to
-    their TLS peer's port.
+    Use as an async context manager (or call ``aclose``) to close the HTTP
+    stack it built. ``well_known_port`` is 443 on the real federation; test
+    networks set it to their TLS peer's port.
     """
 
     def __init__(
@@ -392,8 +368,13 @@ class ServerResolver:
         well_known_max_bytes: int = WELL_KNOWN_MAX_BYTES,
         max_cache_entries: int = WELL_KNOWN_MAX_CACHE_ENTRIES,
         ip_policy: IpPolicy | None = None,
+        http: OutboundHttp | None = None,
     ) -> None:
-        """``ip_policy`` None = ``IpPolicy()``, Synapse's default blocklist."""
+        """``http``: the worker's shared stack (then ``transport``,
+        ``verify_certificates``, ``ca_bundle`` and ``ip_policy`` are unused and
+        its owner closes it); None builds one from those arguments.
+        ``ip_policy`` None = ``IpPolicy()``, Synapse's default blocklist.
+        """
         self._clock = clock
         self._srv = srv_lookup if srv_lookup is not None else DnsSrvLookup()
         self._rng = rng if rng is not None else random.Random()
@@ -402,17 +383,16 @@ class ServerResolver:
         self._max_bytes = well_known_max_bytes
         self._max_cache_entries = max_cache_entries
         self._cache: OrderedDict[str, _CachedWellKnown] = OrderedDict()
-        timeout = httpx.Timeout(well_known_timeout_ms / 1000)
-        # identity: the size limit then bounds what is read, not a decompressed bomb.
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if transport is None:
-            transport = guarded_transport(
-                federation_tls_context(verify_certificates, ca_bundle),
-                ip_policy if ip_policy is not None else IpPolicy(),
+        self._owns_http = http is None
+        if http is None:
+            http = OutboundHttp(
+                verify_certificates=verify_certificates,
+                ca_bundle=ca_bundle,
+                ip_policy=ip_policy,
+                transport=transport,
             )
-        self._http = httpx.AsyncClient(
-            transport=transport, timeout=timeout, headers=headers, trust_env=False
-        )
+        self._stack = http
+        self._http = http.client
 
     async def __aenter__(self) -> Self:
         return self
@@ -426,7 +406,8 @@ class ServerResolver:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._stack.aclose()
 
     async def resolve(self, server_name: str) -> ResolvedDestination:
         """The destination for ``server_name``; ``UpstreamError`` if none can be had."""
@@ -482,10 +463,11 @@ class ServerResolver:
     async def _fetch_well_known(self, hostname: str) -> tuple[WellKnownResult, str | None]:
         url = self._well_known_url(hostname)
         visited = {url}
+        timeout = httpx.Timeout(self._timeout_ms / 1000)
         try:
             with anyio.fail_after(self._timeout_ms / 1000):
                 for _ in range(WELL_KNOWN_MAX_REDIRECTS + 1):
-                    async with self._http.stream("GET", url) as response:
+                    async with self._http.stream("GET", url, timeout=timeout) as response:
                         location = response.headers.get("location")
                         if response.status_code in _REDIRECT_STATUSES and location:
                             url = url.join(location)
@@ -495,21 +477,15 @@ class ServerResolver:
                                 return WellKnownResult(None, f"redirect loop at {url}"), None
                             visited.add(url)
                             continue
-                        body = await self._read_body(response)
+                        body = await read_bounded(response, self._max_bytes)
                         result = parse_well_known(response.status_code, body)
                         return result, response.headers.get("cache-control")
                 return WellKnownResult(None, "too many redirects"), None
         except TimeoutError:
             return WellKnownResult(None, f"timed out after {self._timeout_ms} ms"), None
-        except _TooLarge:
+        except BodyTooLarge:
             return WellKnownResult(None, f"body larger than {self._max_bytes} bytes"), None
+        except PoolsExhausted as exc:
+            raise OutboundBusyError(f".well-known of {hostname} not fetched: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return WellKnownResult(None, f"fetch failed: {type(exc).__name__}: {exc}"), None
-
-    async def _read_body(self, response: httpx.Response) -> bytes:
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > self._max_bytes:
-                raise _TooLarge
-        return bytes(body)

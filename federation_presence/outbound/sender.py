@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -136,7 +136,7 @@ class OutboundSender:
         store: Store,
         client: TransactionClient,
         destinations: DestinationSource,
-        current: Callable[[UserId], UserPresence | None],
+        current: Callable[[UserId], Awaitable[UserPresence | None]],
         clock: Clock,
         settings: SenderSettings,
         presence: PresenceSettings,
@@ -230,7 +230,7 @@ class OutboundSender:
                 except StoreError as exc:
                     logger.warning("could not store outbound positions at shutdown: %s", exc)
 
-    def send_current_presence(
+    async def send_current_presence(
         self, destinations: Iterable[str], user_ids: Collection[UserId]
     ) -> None:
         """Owe these destinations the current state of these local users, unsuppressed.
@@ -242,7 +242,7 @@ class OutboundSender:
         states = [
             state
             for user_id in user_ids
-            if (state := self._current(user_id)) is not None and self._is_local(user_id)
+            if self._is_local(user_id) and (state := await self._current(user_id)) is not None
         ]
         if not states:
             return
@@ -522,7 +522,7 @@ class OutboundSender:
         now = self._clock.now_ms()
         states: dict[UserId, UserPresence] = {}
         for user_id in user_ids:
-            state = self._current(user_id)
+            state = await self._current(user_id)
             if state is None or state.state is PresenceState.OFFLINE:
                 self._keepalive.track(user_id, False, now)
             else:

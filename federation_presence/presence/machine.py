@@ -51,8 +51,33 @@ flight (it adds nothing to its user: its activity is already folded into the
 user's ``last_active_ts``), so local memory is bounded by live devices plus
 one row per user. A forgotten device that comes back starts afresh (its
 stored row is overwritten with the new one), whether or not a tick noticed
-its going offline first: inputs first bring their device to ``now``. Remote users are bounded by
-what servers push; inbound rate limits (not the core) bound that.
+its going offline first: inputs first bring their device to ``now``.
+
+Remote users are held while they are not offline (their federation timeout
+needs them) plus, in ``_resting``, the ``offline_cache_size``
+(``PresenceSettings``) offline ones most recently *seen*: pushed offline, or
+read through for a push (hot senders flap between states). A user our clock
+timed out was not seen (its server has been silent for FEDERATION_TIMEOUT):
+it waits in ``_timed_out`` only until its offline state is durable. So a
+mass timeout keeps none of its users, which matters beyond their own bytes:
+survivors allocated amid a burst pin CPython's small-object arenas, which
+are freed only when wholly empty (``bench/bench_memory.py``, BENCHMARKS.md).
+*Eviction*: ``forget_offline`` drops the timed-out users and the least
+recently seen beyond the cache, once the shell says their state is durable
+(every outcome carries ``seq``,
+the number of the call that made it; the shell passes the greatest ``seq``
+all of whose writes have committed). The store then holds them, and the
+shell reads them through before a call that needs them: ``missing`` names
+the remote users of a batch the machine does not hold, ``admit`` hands their
+stored rows back (users the store does not have stay unknown: a push for
+them is a ``NEW_USER``). Decisions are the same as if nothing had been
+evicted, because an evicted user's stored row is exactly its last state.
+So remote memory follows what is live, not what was ever seen.
+
+Python keeps a ``dict``'s table at the largest size it reached; after a mass
+eviction ``_users``, ``_resting`` and ``_timed_out`` are rebuilt at the size they now have
+(once under a quarter of their high-water mark; O(1) amortised), as the
+deadline queues are (``timers``).
 """
 
 from __future__ import annotations
@@ -117,6 +142,8 @@ class _Keep:
 _KEEP = _Keep()
 
 DEFAULT_SETTINGS = PresenceSettings()
+_SHRINK_BELOW = 4
+_SHRINK_MIN = 1024
 
 
 class _Step:
@@ -137,8 +164,16 @@ class PresenceMachine:
     """Presence of one server name: decides, never performs."""
 
     def __init__(
-        self, server_name: ServerName, settings: PresenceSettings = DEFAULT_SETTINGS
+        self,
+        server_name: ServerName,
+        settings: PresenceSettings = DEFAULT_SETTINGS,
+        *,
+        offline_cache_size: int | None = None,
     ) -> None:
+        if offline_cache_size is None:
+            offline_cache_size = settings.offline_cache_size
+        if offline_cache_size < 0:
+            raise ValueError("offline_cache_size must be >= 0")
         self._server_name = server_name
         self._settings = settings
         self._suffix = local_suffix(server_name)
@@ -149,6 +184,16 @@ class PresenceMachine:
         self._active: DeadlineQueue[UserId] = DeadlineQueue()
         self._ping: DeadlineQueue[UserId] = DeadlineQueue()
         self._remote: DeadlineQueue[UserId] = DeadlineQueue()
+        # Offline remote users held -> the seq of the call that last changed
+        # them (0: read from the store). Plain dicts, in insertion order:
+        # seen offline (least recently seen first; the cache), and timed out
+        # by our clock (evicted as soon as durable). No OrderedDict: its
+        # per-entry nodes, allocated amid a burst, would pin arenas.
+        self._resting: dict[UserId, int] = {}
+        self._timed_out: dict[UserId, int] = {}
+        self._offline_cache_size = offline_cache_size
+        self._users_high = 0  # the most users held since ``_users`` was last rebuilt
+        self._seq = 0  # calls that returned an Outcome (Outcome.seq)
 
     # -- reading -------------------------------------------------------------
 
@@ -165,9 +210,90 @@ class PresenceMachine:
         """How many users (local and remote) the machine holds."""
         return len(self._users)
 
+    @property
+    def offline_cached(self) -> int:
+        """How many offline remote users the machine holds (evictable)."""
+        return len(self._resting) + len(self._timed_out)
+
+    def can_evict(self) -> bool:
+        """Whether ``forget_offline`` may have something to evict."""
+        return bool(self._timed_out) or len(self._resting) > self._offline_cache_size
+
+    @property
+    def offline_cache_size(self) -> int:
+        """How many offline remote users ``forget_offline`` leaves held."""
+        return self._offline_cache_size
+
+    @property
+    def seq(self) -> int:
+        """The ``Outcome.seq`` of the latest call."""
+        return self._seq
+
     def get(self, user_id: UserId) -> UserPresence | None:
-        """The user's current combined state, or None if never seen."""
+        """The user's current combined state; None if never seen, or evicted."""
         return self._users.get(user_id)
+
+    def missing(self, user_ids: Iterable[UserId]) -> list[UserId]:
+        """The remote users among ``user_ids`` the machine does not hold, once each.
+
+        They are new, or were evicted: the shell reads them from the store
+        and ``admit``s what it found before the call that needs them.
+        """
+        users = self._users
+        suffix = self._suffix
+        return [
+            user_id
+            for user_id in dict.fromkeys(user_ids)
+            if user_id not in users and not user_id.endswith(suffix)
+        ]
+
+    def admit(self, users: Iterable[UserPresence]) -> None:
+        """Hold stored remote users again (read through); a user held already is kept.
+
+        The machine's own state is never older than the store's, so a user it
+        came to hold while the read was in flight keeps that state.
+        """
+        held = self._users
+        settings = self._settings
+        for user in users:
+            user_id = user.user_id
+            if user_id in held or user_id.endswith(self._suffix):
+                continue
+            held[user_id] = user
+            deadline = federation_timeout_deadline(user, settings)
+            if deadline is None:
+                self._resting[user_id] = 0
+            else:
+                # Only another writer of the store can leave a remote user
+                # present without us holding it; it times out as usual.
+                self._remote.schedule(user_id, deadline)
+        self._note_users_high()
+
+    def forget_offline(self, durable_seq: int) -> int:
+        """Evict users timed out, then the least recently seen offline users
+        beyond the cache; how many went.
+
+        Only users whose latest change came from a call with ``seq <=
+        durable_seq`` (its write committed) are evicted: the store must hold
+        what the machine forgets.
+        """
+        gone = _durable_prefix(self._timed_out, len(self._timed_out), durable_seq)
+        excess = len(self._resting) - self._offline_cache_size
+        if excess > 0:
+            gone += _durable_prefix(self._resting, excess, durable_seq)
+        if not gone:
+            return 0
+        users = self._users
+        for user_id in gone:
+            del users[user_id]
+        evicted = len(gone)
+        if (
+            evicted
+            and self._users_high > _SHRINK_MIN
+            and len(users) * _SHRINK_BELOW < self._users_high
+        ):
+            self._shrink()
+        return evicted
 
     def devices(self, user_id: UserId) -> tuple[DevicePresence, ...]:
         """The local user's live devices (not offline, or with a sync in flight)."""
@@ -191,6 +317,7 @@ class PresenceMachine:
 
     def handle(self, event: LocalInput, now: int) -> Outcome:
         """Apply one local input (already authenticated) at ``now``."""
+        self._seq += 1
         step = _Step()
         user_id = event.user_id
         if not user_id.endswith(self._suffix):
@@ -230,6 +357,7 @@ class PresenceMachine:
 
         A push for a user on our own server is dropped with a reason.
         """
+        self._seq += 1
         suffix = self._suffix
         users = self._users
         users_get = users.get
@@ -289,15 +417,36 @@ class PresenceMachine:
         # one has none (it may have come back online later in the batch).
         remote = self._remote
         remote.schedule_all(index, now + self._settings.federation_timeout_ms)
+        resting = self._resting
+        if resting:
+            resting_pop = resting.pop
+            for user_id in index:
+                resting_pop(user_id, None)
+        timed_out = self._timed_out
+        if timed_out:
+            timed_out_pop = timed_out.pop
+            for user_id in index:
+                timed_out_pop(user_id, None)
+        seq = self._seq
         for user_id in offline:
             if users[user_id].state is _OFFLINE:
                 remote.cancel(user_id)
-        return Outcome(tuple(changes), (), self.next_deadline_ms, tuple(dropped))
+                resting[user_id] = seq
+        if len(users) > self._users_high:
+            self._users_high = len(users)
+        return Outcome(tuple(changes), (), self.next_deadline_ms, tuple(dropped), (), seq)
 
     # -- time ----------------------------------------------------------------
 
-    def tick(self, now: int) -> Outcome:
-        """Fire every timer due at ``now``; afterwards none is due at ``now``."""
+    def tick(self, now: int, remote_limit: int | None = None) -> Outcome:
+        """Fire every timer due at ``now``; afterwards none is due at ``now``.
+
+        With ``remote_limit``, at most that many remote users time out (the
+        earliest due): a mass timeout then comes as several bounded outcomes
+        (and bounded writes), and ``next_deadline_ms <= now`` while some are
+        still due.
+        """
+        self._seq += 1
         step = _Step()
         local: dict[UserId, None] = {}
         for user_id, _ in self._idle.pop_due(now):
@@ -308,7 +457,7 @@ class PresenceMachine:
             local[user_id] = None
         for user_id in self._ping.pop_due(now):
             local[user_id] = None
-        for user_id in self._remote.pop_due(now):
+        for user_id in self._remote.pop_due(now, remote_limit):
             self._settle_remote(step, user_id, now)
         for user_id in local:
             self._settle_local(step, user_id, now, _KEEP)
@@ -326,6 +475,7 @@ class PresenceMachine:
         device rows are in the outcome). Offline devices are not kept (see the
         module docstring). A row loaded again replaces what the machine had.
         """
+        self._seq += 1
         step = _Step()
         local: dict[UserId, None] = {}
         remote: list[tuple[int, UserId]] = []
@@ -337,7 +487,12 @@ class PresenceMachine:
             remote_deadline = federation_timeout_deadline(user, self._settings)
             if remote_deadline is None:
                 self._remote.cancel(user.user_id)
+                self._resting.pop(user.user_id, None)
+                self._timed_out.pop(user.user_id, None)
+                self._timed_out[user.user_id] = 0
             else:
+                self._resting.pop(user.user_id, None)
+                self._timed_out.pop(user.user_id, None)
                 remote.append((remote_deadline, user.user_id))
         for device in devices:
             if not self.is_local(device.user_id):
@@ -356,6 +511,7 @@ class PresenceMachine:
                 self._remote.schedule(user_id, remote_deadline)
         for user_id in local:
             self._settle_local(step, user_id, now, _KEEP)
+        self._note_users_high()
         return self._outcome(step)
 
     # -- the steps -----------------------------------------------------------
@@ -439,6 +595,9 @@ class PresenceMachine:
         _set(self._remote, user_id, federation_timeout_deadline(new, self._settings))
         if new is not prev:
             self._users[user_id] = new
+            if new.state is _OFFLINE:
+                # Timed out by our clock, not seen: evicted once durable.
+                self._timed_out[user_id] = self._seq
             step.changes.append(
                 StateChange(
                     new, notify_reason(prev, new, self._settings.last_active_granularity_ms)
@@ -452,7 +611,19 @@ class PresenceMachine:
             self.next_deadline_ms,
             tuple(step.dropped),
             tuple(step.pings),
+            self._seq,
         )
+
+    def _note_users_high(self) -> None:
+        if len(self._users) > self._users_high:
+            self._users_high = len(self._users)
+
+    def _shrink(self) -> None:
+        """Rebuild the user tables at the size of what they hold (module docstring)."""
+        self._users = dict(self._users)
+        self._users_high = len(self._users)
+        self._resting = dict(self._resting)
+        self._timed_out = dict(self._timed_out)
 
 
 def _sent_at(user: UserPresence, now: int) -> UserPresence:
@@ -466,6 +637,23 @@ def _sent_at(user: UserPresence, now: int) -> UserPresence:
         now,
         user.last_user_sync_ts,
     )
+
+
+def _durable_prefix(offline: dict[UserId, int], most: int, durable_seq: int) -> list[UserId]:
+    """Remove and return up to ``most`` users from the front of ``offline``,
+    stopping at the first whose change is not durable yet."""
+    gone: list[UserId] = []
+    if most <= 0:
+        return gone
+    for user_id, changed_seq in offline.items():
+        if changed_seq > durable_seq:
+            break
+        gone.append(user_id)
+        if len(gone) == most:
+            break
+    for user_id in gone:
+        del offline[user_id]
+    return gone
 
 
 def _set(queue: DeadlineQueue[_Key], key: _Key, at: int | None) -> None:

@@ -35,7 +35,12 @@ MINUTE_MS = 60 * SECOND_MS
 
 @dataclass(frozen=True, slots=True)
 class PresenceSettings:
-    """Timers of the core, all in ms. Defaults are DESIGN.md's (Synapse's)."""
+    """Timers of the core, all in ms. Defaults are DESIGN.md's (Synapse's).
+
+    ``offline_cache_size`` is not a timer: how many offline remote users the
+    machine keeps beyond those that are not offline (the rest are read
+    through from the store; ``PresenceMachine.forget_offline``).
+    """
 
     idle_timeout_ms: int = 5 * MINUTE_MS
     sync_timeout_ms: int = 30 * SECOND_MS
@@ -43,6 +48,7 @@ class PresenceSettings:
     federation_ping_interval_ms: int = 25 * MINUTE_MS
     last_active_granularity_ms: int = 60 * SECOND_MS
     currently_active_window_ms: int = 60 * SECOND_MS
+    offline_cache_size: int = 10_000
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -108,6 +114,10 @@ class Outcome:
     ``federation_pings``: local users whose unchanged state must be re-sent to
     every interested destination (FEDERATION_PING); their
     ``last_federation_update_ts`` change is also in ``changes`` (notify None).
+    ``seq``: the number of the machine call that made it (increasing); the
+    shell tells the machine which calls are durable, so that it evicts only
+    users whose state the store holds (``PresenceMachine.forget_offline``).
+    It is bookkeeping, not a decision: outcomes compare equal without it.
     """
 
     changes: tuple[StateChange, ...] = ()
@@ -115,6 +125,7 @@ class Outcome:
     next_deadline_ms: int | None = None
     dropped: tuple[str, ...] = field(default=())
     federation_pings: tuple[UserPresence, ...] = ()
+    seq: int = field(default=0, compare=False)
 
     @property
     def to_notify(self) -> tuple[UserPresence, ...]:

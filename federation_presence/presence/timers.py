@@ -20,6 +20,14 @@ deletion, compacted when stale entries outnumber live ones. So the queue is
 exact whatever the order: it never fires early, never late, and each
 scheduled deadline fires exactly once unless replaced or cancelled first.
 
+Memory follows what is live: an ``OrderedDict`` (like a ``dict``) keeps its
+table at the largest size it ever had, however many keys leave it. So the
+queue remembers its high-water mark and rebuilds ``_fifo`` once it holds less
+than a quarter of it (``_SHRINK_BELOW``): a million remote users timing out
+leave a small queue behind, not a million-slot table. The rebuild copies only
+what is left, at most a third of what was removed since the last one, so it
+costs O(1) amortised per removal.
+
 Invariants: ``_fifo`` values are non-decreasing and ``<= _tail``; a key is in
 at most one of ``_fifo`` and ``_late``; every live ``_late`` entry has a heap
 entry ``(deadline, seq, key)``; stale heap entries are skipped on sight.
@@ -37,12 +45,16 @@ K = TypeVar("K", bound=Hashable)
 
 _NO_TAIL = -(2**63)
 _COMPACT_SLACK = 64
+_SHRINK_BELOW = 4
+"""Rebuild ``_fifo`` when it holds less than 1/_SHRINK_BELOW of its high-water mark."""
+_SHRINK_MIN = 1024
+"""Below this high-water mark a table is too small to be worth rebuilding."""
 
 
 class DeadlineQueue(Generic[K]):
     """At most one deadline (ms) per key; ``pop_due`` returns what expired."""
 
-    __slots__ = ("_fifo", "_heap", "_late", "_seq", "_tail")
+    __slots__ = ("_fifo", "_heap", "_high", "_late", "_seq", "_tail")
 
     def __init__(self) -> None:
         self._fifo: OrderedDict[K, int] = OrderedDict()
@@ -50,6 +62,7 @@ class DeadlineQueue(Generic[K]):
         self._late: dict[K, int] = {}
         self._heap: list[tuple[int, int, K]] = []
         self._seq = itertools.count()
+        self._high = 0  # the most keys ``_fifo`` held since it was last rebuilt
 
     def __len__(self) -> int:
         return len(self._fifo) + len(self._late)
@@ -81,6 +94,8 @@ class DeadlineQueue(Generic[K]):
             fifo[key] = deadline
             fifo.move_to_end(key)
             self._tail = deadline
+            if len(fifo) > self._high:
+                self._high = len(fifo)
             return
         if self._late.get(key) == deadline:
             return
@@ -102,12 +117,17 @@ class DeadlineQueue(Generic[K]):
             move_to_end(key)
         if fifo:
             self._tail = deadline
+            if len(fifo) > self._high:
+                self._high = len(fifo)
 
     def cancel(self, key: K) -> None:
         """Remove ``key``'s deadline, if any."""
         fifo = self._fifo
-        if fifo.pop(key, None) is not None and not fifo:
-            self._tail = _NO_TAIL
+        if fifo.pop(key, None) is not None:
+            if not fifo:
+                self._tail = _NO_TAIL
+            if len(fifo) * _SHRINK_BELOW < self._high and self._high > _SHRINK_MIN:
+                self._shrink()
         if self._late:
             self._late.pop(key, None)
 
@@ -123,11 +143,15 @@ class DeadlineQueue(Generic[K]):
                 best = top
         return best
 
-    def pop_due(self, now: int) -> list[K]:
-        """Remove and return every key whose deadline is ``<= now``, earliest first."""
+    def pop_due(self, now: int, limit: int | None = None) -> list[K]:
+        """Remove and return the keys whose deadline is ``<= now``, earliest first.
+
+        With ``limit``, at most that many (the earliest); the rest stay due.
+        """
         due: list[tuple[int, K]] = []
         fifo = self._fifo
-        while fifo:
+        room = len(fifo) + len(self._late) if limit is None else limit
+        while fifo and len(due) < room:
             key, deadline = next(iter(fifo.items()))
             if deadline > now:
                 break
@@ -146,7 +170,19 @@ class DeadlineQueue(Generic[K]):
             if not late:
                 heap.clear()
             due.sort(key=_deadline_of_pair)
+            if len(due) > room:
+                # the late ones beat some fifo ones: give back the latest
+                for deadline, key in due[room:]:
+                    self.schedule(key, deadline)
+                del due[room:]
+        if due and len(fifo) * _SHRINK_BELOW < self._high and self._high > _SHRINK_MIN:
+            self._shrink()
         return [key for _, key in due]
+
+    def _shrink(self) -> None:
+        """Rebuild ``_fifo`` at the size of what it holds (see the module docstring)."""
+        self._fifo = OrderedDict(self._fifo)
+        self._high = len(self._fifo)
 
     def _drop_stale_top(self) -> None:
         heap = self._heap

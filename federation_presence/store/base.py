@@ -28,17 +28,42 @@ Invariants every implementation keeps:
   wire input guarantee it; a value outside fails its whole write group.
 * Every driver error leaves as ``StoreError`` (``raise ... from exc``); a
   database written by a newer program is refused with ``SchemaTooNewError``.
+* Every wait of a caller is bounded (``apply_timeout_s``): past it the caller
+  gets ``StoreError``; the write stays queued and may still commit later (a
+  PostgreSQL prune, on a connection of its own, is rolled back instead).
+* ``prune_txns`` runs in a transaction of its own, never in a ``/send``
+  group commit: a prune neither delays those writes' commit nor fails with
+  them.
+* The store's life is ``run``, a child task of its owner's task group: no
+  task or thread of the store outlives it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
 PRUNE_BATCH_ROWS = 10_000
+
+DEFAULT_APPLY_TIMEOUT_S = 10.0
+"""How long a caller waits for its write (or read) before ``StoreError``.
+
+10 s: a group commit normally takes milliseconds and a fold chunk or a
+checkpoint tens of ms, so only a stalled database gets near it; it is twice
+SQLite's lock wait (``busy_timeout_ms``, 5 s), so a write that waits out
+another connection's lock still reports that error; and it is well under
+the 60 s a Synapse federation sender gives a ``/send`` request, so the
+sender sees our 503 (and retries) instead of its own timeout. A write that
+timed out stays queued and may still commit: harmless, because the keeper
+owes a failed write's users to its next write (current state, so nothing
+stale) and a retried ``/send`` then finds its stored answer.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +116,9 @@ class StoreStats:
     (rows they wrote to the presence tables: read minus superseded) and
     ``failed_folds``. ``txn_lookups_filtered`` counts ``get_txn_response``
     calls the in-memory txn filter answered without the database.
+    ``prunes`` counts prune transactions committed (never part of
+    ``commits``), ``timeouts`` the waits that gave up after
+    ``apply_timeout_s``.
     """
 
     commits: int = 0
@@ -104,13 +132,21 @@ class StoreStats:
     fold_rows_written: int = 0
     failed_folds: int = 0
     txn_lookups_filtered: int = 0
+    prunes: int = 0
+    timeouts: int = 0
 
 
 class Store(Protocol):
     """Durable state of the worker; one database transaction per method."""
 
-    async def open(self) -> None:
-        """Connect and apply migrations; ``SchemaTooNewError`` if the db is newer."""
+    async def run(self, *, task_status: TaskStatus[None] = ...) -> None:
+        """The store's life, as a child task of its owner's task group.
+
+        Opens (connects, migrates; ``SchemaTooNewError`` if the db is newer),
+        reports ready through ``task_status``, serves until ``close`` or
+        cancellation, then writes what is queued (shielded, bounded) and
+        closes.
+        """
         ...
 
     async def close(self) -> None:
@@ -131,6 +167,21 @@ class Store(Protocol):
 
     async def get_user(self, user_id: str) -> UserPresence | None: ...
 
+    async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
+        """The stored state of those of ``user_ids`` the store has (any order), in one read.
+
+        The keeper's read-through of users the machine evicted: it sees every
+        committed ``apply`` (a journalling store folds only as far as the
+        newest entry holding one of them).
+        """
+        ...
+
+    async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
+        """What a restarted machine must hold: users not offline, and every user
+        whose id ends with ``local_suffix`` (ours). Offline remote users stay
+        in the store and are read through when they come back."""
+        ...
+
     async def current_stream_id(self) -> int: ...
 
     async def stream_since(self, after: int, limit: int) -> list[StreamRow]:
@@ -143,8 +194,9 @@ class Store(Protocol):
         """Forget at most ``limit`` transactions received before ``older_than_ts``
         (oldest first); how many went. Fewer than ``limit`` means none is left.
 
-        Bounded so that a prune, which shares a group commit with ``/send``
-        writes, never holds the writer for long; callers repeat until done.
+        Its own transaction, never part of a ``/send`` group commit; bounded
+        so that it never holds the database for long; callers repeat until
+        done.
         """
         ...
 

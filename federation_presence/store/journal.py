@@ -133,10 +133,27 @@ def decode_entry(payload: bytes) -> tuple[list[list[Any]], list[list[Any]]]:
     return decoded[1], decoded[2]
 
 
-class JournalIndex:
-    """Which journal entry holds the latest row of each user and device (see module doc)."""
+_SHRINK_BELOW = 4
+_SHRINK_MIN = 1024
 
-    __slots__ = ("_device_seq", "_entries", "_user_seq", "_user_stream", "changes", "next_seq")
+
+class JournalIndex:
+    """Which journal entry holds the latest row of each user and device (see module doc).
+
+    Its dicts are rebuilt once they hold under a quarter of their high-water
+    mark (a ``dict`` never shrinks on deletion): after a burst of a million
+    distinct users is folded, the index's memory goes with them.
+    """
+
+    __slots__ = (
+        "_device_seq",
+        "_entries",
+        "_high",
+        "_user_seq",
+        "_user_stream",
+        "changes",
+        "next_seq",
+    )
 
     def __init__(self) -> None:
         self._user_seq: dict[str, int] = {}
@@ -147,6 +164,7 @@ class JournalIndex:
         self.changes = 0
         """Rows (user and device) the journal holds."""
         self.next_seq = 1
+        self._high = 0  # the most keys the dicts held since they were last rebuilt
 
     def __len__(self) -> int:
         """Entries the journal holds."""
@@ -180,6 +198,18 @@ class JournalIndex:
         entries[seq] = [rows, rows]
         self.changes += rows
         self.next_seq = seq + 1
+        live = len(self._user_seq) + len(self._device_seq)
+        if live > self._high:
+            self._high = live
+
+    def oldest_seq(self) -> int | None:
+        """The oldest entry's seq; None if the journal is empty."""
+        return next(iter(self._entries), None)
+
+    def newest_entry_of(self, user_ids: Iterable[str]) -> int | None:
+        """The newest entry holding one of these users' latest rows; None if none does."""
+        user_seq = self._user_seq
+        return max(filter(None, map(user_seq.get, user_ids)), default=None)
 
     def rebuild(self, entries: Iterable[tuple[int, bytes]]) -> int:
         """Forget everything, then record ``entries`` (in seq order); their max stream id."""
@@ -254,6 +284,13 @@ class JournalIndex:
         entries = self._entries
         for seq in list(self._oldest(plan.last_seq)):
             self.changes -= entries.pop(seq)[0]
+        live = len(self._user_seq) + len(self._device_seq)
+        if self._high > _SHRINK_MIN and live * _SHRINK_BELOW < self._high:
+            self._user_seq = dict(self._user_seq)
+            self._user_stream = dict(self._user_stream)
+            self._device_seq = dict(self._device_seq)
+            self._entries = dict(self._entries)
+            self._high = live
 
     def _oldest(self, last_seq: int) -> Iterator[int]:
         return itertools.takewhile(lambda seq: seq <= last_seq, self._entries)

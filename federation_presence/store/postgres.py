@@ -1,14 +1,21 @@
 """``PostgresStore``: the scale-out ``Store`` on PostgreSQL (asyncpg, extra ``postgres``).
 
-Design. Writes go through one writer connection driven by one writer task
-that the store owns: ``open`` starts it, ``close`` drains and joins it (it is
-the store's child, never fire-and-forget). ``apply`` and the small writes
-append to ``_pending`` and set ``_wakeup``; the writer takes everything
-pending and writes it in ONE transaction (``unnest`` upserts, one statement
-per table), then completes every caller's future. While that transaction's
-round trips are in flight, new calls pile up for the next one: group commit.
-Everything started in one event-loop iteration shares a transaction (the
-writer wakes after the tasks already scheduled). Reads use a small pool.
+Design. Writes go through one writer connection driven by one writer: the
+task ``run`` is, a child of its owner's task group (the worker's; tests'
+fixtures), started with ``tg.start(store.run)`` and ready once the database
+is open. No task is created here: nothing of the store outlives its owner.
+``close`` (or cancelling the owner's group) ends it: what is queued is
+written (shielded, bounded by ``close_timeout_s``), what could not be fails
+with ``StoreError``, and the connections close. ``apply`` and the small
+writes append to ``_pending`` and set ``_wakeup``; the writer takes
+everything pending and writes it in ONE transaction (``unnest`` upserts, one
+statement per table), then completes every caller's future. While that
+transaction's round trips are in flight, new calls pile up for the next one:
+group commit. Everything started in one event-loop iteration shares a
+transaction (the writer wakes after the tasks already scheduled). Reads use
+a small pool; so does ``prune_txns``, in a transaction of its own, so a
+prune runs beside the ``/send`` group commits, never inside one. Every
+caller's wait is bounded by ``apply_timeout_s`` (``deadline``).
 
 Stream ids come from ``presence_stream_seq``. A write group that notifies
 first takes a transaction-level advisory lock (keyed by the schema) and only
@@ -28,7 +35,7 @@ process stored: when several workers share the database and one origin's
 ``/send`` may reach any of them, a transaction first applied by another
 worker would be applied again on a retry (harmless for presence, whose
 pushes carry absolute state, but not the "first answer wins" contract):
-such deployments pass ``txn_filter_capacity=0``.
+such deployments set ``database.txn_filter_capacity: 0``.
 
 No journal: ``SqliteStore`` journals its rows because its upserts run on the
 worker's own core; here they run in the PostgreSQL server process, and
@@ -43,13 +50,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import asyncpg
+from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint
 
 from federation_presence.errors import StoreError
 from federation_presence.ids import DeviceId, UserId
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 from federation_presence.presence.states import PresenceState
 from federation_presence.store.base import (
+    DEFAULT_APPLY_TIMEOUT_S,
     PRUNE_BATCH_ROWS,
     InboundTxn,
     ServerKeyRecord,
@@ -57,13 +68,14 @@ from federation_presence.store.base import (
     StreamRow,
 )
 from federation_presence.store.batch import USER_COLUMNS, coalesce, count_notified
+from federation_presence.store.deadline import CallerDeadlines
 from federation_presence.store.schema import (
     CURRENT_VERSION_SQL,
     SCHEMA_VERSION_DDL,
     load_migrations,
     plan,
 )
-from federation_presence.store.txn_filter import DEFAULT_CAPACITY, TxnFilter
+from federation_presence.store.txn_filter import DEFAULT_CAPACITY, DEFAULT_RETENTION_MS, TxnFilter
 
 T = TypeVar("T")
 
@@ -158,8 +170,11 @@ class PostgresStore:
 
     ``schema``: tables live in this schema (created if missing) instead of
     the DSN's default search path; lets several deployments or test runs
-    share one database. ``txn_filter_capacity``: keys the txn filter is sized
-    for (0: no filter; see the module docstring for when that is needed).
+    share one database. ``txn_filter_capacity``: keys per
+    ``txn_retention_ms`` the txn filter is sized for (0: no filter; see the
+    module docstring for when that is needed). ``apply_timeout_s``: the
+    longest a caller waits for its write; ``close_timeout_s``: the longest
+    ``close`` spends writing what is queued.
     """
 
     def __init__(
@@ -171,14 +186,23 @@ class PostgresStore:
         connect_timeout_s: float = 10.0,
         command_timeout_s: float = 30.0,
         txn_filter_capacity: int = DEFAULT_CAPACITY,
+        txn_retention_ms: int = DEFAULT_RETENTION_MS,
+        apply_timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
+        close_timeout_s: float = 30.0,
     ) -> None:
+        if apply_timeout_s <= 0:
+            raise ValueError("apply_timeout_s must be > 0")
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
         self.txn_filter_capacity = txn_filter_capacity
+        self.txn_retention_ms = txn_retention_ms
+        self.apply_timeout_s = apply_timeout_s
+        self.close_timeout_s = close_timeout_s
         self.stats = StoreStats()
+        self._deadlines = CallerDeadlines(apply_timeout_s, self.stats)
         self._txn_filter: TxnFilter | None = None
         self._where = redact_dsn(dsn) + (f" (schema {schema})" if schema else "")
         self._settings = {"search_path": _quote_ident(schema)} if schema else {}
@@ -186,14 +210,44 @@ class PostgresStore:
         self._wakeup = asyncio.Event()
         self._conn: Any = None
         self._pool: Any = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writing = False  # ``run`` is serving writes
+        self._writer_done = asyncio.Event()
         self._stream_lock = 0
         self._opened = False
         self._closed = False
 
+    @property
+    def txn_filter(self) -> TxnFilter | None:
+        """The in-memory txn filter (None before opening or when turned off)."""
+        return self._txn_filter
+
     # -- lifecycle --------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open, then be the writer until ``close`` or cancellation (``Store.run``)."""
+        try:
+            await self._open()
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # also when cancelled while opening
+                self._closed = True
+                await self._close_connections()
+            self._writer_done.set()
+            raise
+        self._writing = True
+        try:
+            task_status.started()
+            await self._write_loop()
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._closed = True
+                with anyio.move_on_after(self.close_timeout_s):
+                    await self._write_pending()
+                self._writing = False
+                self._fail_pending("the store closed before this write was made")
+                await self._close_connections()
+                self._writer_done.set()
+
+    async def _open(self) -> None:
         if self._opened or self._closed:
             raise StoreError("this store was already opened")
         self._opened = True
@@ -224,18 +278,23 @@ class PostgresStore:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot open {self._where}: {exc}") from exc
-        self._writer = asyncio.get_running_loop().create_task(
-            self._write_loop(), name=f"postgres writer {self._where}"
-        )
 
     async def close(self) -> None:
-        if self._closed:
+        """End ``run`` after it wrote what is queued; wait (bounded) until it has."""
+        was_closed, self._closed = self._closed, True
+        if not self._opened:
             return
-        self._closed = True
-        if self._writer is not None:
-            self._wakeup.set()
-            await self._writer
-        await self._close_connections()
+        self._wakeup.set()
+        with anyio.move_on_after(self.close_timeout_s + 5):
+            await self._writer_done.wait()
+        if not was_closed and not self._writer_done.is_set():
+            raise StoreError(f"the writer of {self._where} did not stop")
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, []
+        for w in pending:
+            if not w.fut.done():
+                w.fut.set_exception(StoreError(f"{reason} ({self._where})"))
 
     async def _close_connections(self) -> None:
         conn, self._conn = self._conn, None
@@ -257,7 +316,8 @@ class PostgresStore:
         )
 
     async def _migrate(self, conn: Any, schema: str) -> None:
-        migrations = load_migrations("postgres")
+        # the migration files are read off the loop
+        migrations = await anyio.to_thread.run_sync(load_migrations, "postgres")
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key("migrate", schema))
             await conn.execute(SCHEMA_VERSION_DDL)
@@ -268,9 +328,8 @@ class PostgresStore:
                     "INSERT INTO schema_version (version) VALUES ($1)", migration.version
                 )
 
-    @staticmethod
-    async def _load_txn_filter(conn: Any, capacity: int) -> TxnFilter:
-        txn_filter = TxnFilter(capacity)
+    async def _load_txn_filter(self, conn: Any, capacity: int) -> TxnFilter:
+        txn_filter = TxnFilter(capacity, retention_ms=self.txn_retention_ms)
         async with conn.transaction():
             async for origin, txn_id, received_ts in conn.cursor(
                 "SELECT origin, txn_id, received_ts FROM inbound_txns ORDER BY received_ts",
@@ -288,7 +347,7 @@ class PostgresStore:
             self._txn_filter.add(txn.origin, txn.txn_id, txn.received_ts)
         self._pending.append(_ApplyWrite(outcome, txn, fut))
         self._wakeup.set()
-        return await fut
+        return await self._deadlines.answer(fut, "a store write")
 
     async def load_users(self) -> list[UserPresence]:
         return [_user(r) for r in await self._fetch(_SELECT_USER)]
@@ -306,6 +365,20 @@ class PostgresStore:
     async def get_user(self, user_id: str) -> UserPresence | None:
         rows = await self._fetch(f"{_SELECT_USER} WHERE user_id = $1", user_id)
         return _user(rows[0]) if rows else None
+
+    async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
+        if not user_ids:
+            return []
+        rows = await self._fetch(f"{_SELECT_USER} WHERE user_id = ANY($1::text[])", list(user_ids))
+        return [_user(r) for r in rows]
+
+    async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
+        rows = await self._fetch(
+            f"{_SELECT_USER} WHERE state <> 'offline' OR right(user_id, $1) = $2",
+            len(local_suffix),
+            local_suffix,
+        )
+        return [_user(r) for r in rows]
 
     async def current_stream_id(self) -> int:
         rows = await self._fetch(_MAX_STREAM_ID)
@@ -343,7 +416,8 @@ class PostgresStore:
 
         txn_filter = self._txn_filter
         emptied = () if txn_filter is None else txn_filter.prunable(older_than_ts)
-        pruned = await self._call_write(prune)
+        pruned = await self._separate_write(prune, "a prune")
+        self.stats.prunes += 1
         if txn_filter is not None and pruned < limit:
             # Only a prune that reached the cutoff may forget whole generations.
             txn_filter.drop(emptied)
@@ -407,9 +481,13 @@ class PostgresStore:
     # -- plumbing -----------------------------------------------------------------
 
     def _loop_if_open(self) -> asyncio.AbstractEventLoop:
-        if self._closed or self._writer is None:
-            raise StoreError("the store is closed" if self._closed else "the store is not open")
-        return self._writer.get_loop()
+        if self._closed or not self._writing:
+            raise StoreError(
+                "the store is closed"
+                if self._closed
+                else "the store is not running (start store.run in a task group)"
+            )
+        return asyncio.get_running_loop()
 
     async def _fetch(self, sql: str, *args: object) -> list[Any]:
         self._loop_if_open()
@@ -423,7 +501,22 @@ class PostgresStore:
         fut: asyncio.Future[T] = self._loop_if_open().create_future()
         self._pending.append(_CallWrite(fn, fut))
         self._wakeup.set()
-        return await fut
+        return await self._deadlines.answer(fut, "a store write")
+
+    async def _separate_write(self, fn: Callable[[Any], Awaitable[T]], what: str) -> T:
+        """``fn`` in a transaction of its own on a pool connection, beside the writer."""
+        self._loop_if_open()
+        try:
+            with anyio.fail_after(self.apply_timeout_s):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await fn(conn)
+        except TimeoutError as exc:
+            self.stats.timeouts += 1
+            raise StoreError(
+                f"{what} got no answer within {self.apply_timeout_s:g} s on {self._where}"
+            ) from exc
+        except Exception as exc:
+            raise StoreError(f"{what} failed on {self._where}: {exc}") from exc
 
     async def _write_loop(self) -> None:
         while True:
@@ -433,9 +526,21 @@ class PostgresStore:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            group = self._pending[:MAX_GROUP_WRITES]
-            del self._pending[:MAX_GROUP_WRITES]
+            # A group in flight is finished, not cut off, when the owner
+            # cancels (``run`` then writes the rest); bounded all the same.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout_s):
+                await self._write_pending(MAX_GROUP_WRITES)
+            await checkpoint()  # where the owner's cancellation gets in
+
+    async def _write_pending(self, limit: int | None = None) -> None:
+        """Write what is queued, ``limit`` calls a group (None: all, group after group)."""
+        while self._pending:
+            size = MAX_GROUP_WRITES if limit is None else limit
+            group = self._pending[:size]
+            del self._pending[:size]
             await self._write_group(group)
+            if limit is not None:
+                return
 
     async def _write_group(self, group: list[_Write]) -> None:
         applies = [(w.outcome, w.txn) for w in group if type(w) is _ApplyWrite]
@@ -465,13 +570,21 @@ class PostgresStore:
                     stream_id = int(await conn.fetchval(_MAX_STREAM_ID))
                 else:
                     stream_id = write.last_stream_id
-        except Exception as exc:
+        except BaseException as exc:
+            # a cancellation (the owner's group, at shutdown) fails the group too
             self.stats.failed_batches += 1
+            if not isinstance(exc, asyncpg.PostgresError) and self._conn is not None:
+                # not the data's fault: the connection may be half-way through
+                # something; the next group starts on a new one
+                self._conn.terminate()
+                self._conn = None
             for w in group:
                 if not w.fut.done():
-                    error = StoreError(f"write transaction failed on {self._where}: {exc}")
+                    error = StoreError(f"write transaction failed on {self._where}: {exc!r}")
                     error.__cause__ = exc
                     w.fut.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
             return
         stats = self.stats
         stats.commits += 1

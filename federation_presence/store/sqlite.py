@@ -5,16 +5,23 @@ statement (STYLE.md seam 3; its side is ``sqlite_writer.SqliteWriter``); the
 event loop never touches SQLite. The loop talks to it through one FIFO
 ``queue.SimpleQueue``:
 
-* Writes (``apply`` and the small writes: positions, keys, counters, prune)
-  are collected on the loop in ``_pending`` and handed over as ONE queue item
+* Writes (``apply`` and the small writes: positions, keys, counters) are
+  collected on the loop in ``_pending`` and handed over as ONE queue item
   per event-loop iteration (``_flush`` is scheduled with ``call_soon``), so
   everything started in the same iteration is certain to share a transaction.
 * The thread drains whatever is queued, runs the reads, then every queued
   write in one ``BEGIN IMMEDIATE ... COMMIT``: one fsync for the whole group
   with ``synchronous=FULL``. While it commits the loop keeps queueing: that
   is the group commit. Results go back in one ``call_soon_threadsafe`` per
-  drain; a future whose caller was cancelled is skipped (its write may still
-  have happened, as with any request cut off mid-flight).
+  drain; a future whose caller was cancelled or timed out is skipped (its
+  write may still have happened, as with any request cut off mid-flight).
+* A prune (``prune_txns``) is a ``SeparateWrite``: its own bounded
+  transaction, queued after the group of its event-loop iteration and run
+  after the round's group committed and its callers were answered, like the
+  folds. It never shares a commit with ``/send`` writes,
+  so it neither delays their answer nor fails with them (SQLite has one
+  writer at a time, so a second connection would only wait for the lock).
+* Every caller's wait is bounded by ``apply_timeout_s`` (``deadline``).
 
 Why a journal. The worker must make ~80,000 remote pushes a second durable on
 one core. Upserting each into ``user_presence`` touches about three B-tree
@@ -45,7 +52,9 @@ coalescing is what pays for the fold (``stats.fold_rows_written`` against
   it (and take the core from the loop);
 * before a read of the presence tables (``load_users``, ``load_devices``,
   ``get_user``, ``stream_since``, ``current_stream_id``): everything, so
-  reads are exact;
+  reads are exact; ``get_users`` (the keeper's read-through of evicted
+  users) folds only as far as the newest entry holding one of its users,
+  which for users evicted a while ago is little or nothing;
 * at ``open`` (whatever a ``kill -9`` left) and at ``close``.
 
 Bounds. A fold reads at most ``fold_chunk_rows`` (20,000) journal rows and
@@ -58,6 +67,11 @@ distinct user or device in it (~10 MB for 64k users, ~70 MB if all 500,000
 rows were distinct users). Measured with 64k users: a smaller journal
 supersedes less and folds cost more (fold writes per row applied: 18% at
 100k rows, 2% at 250k, under 0.1% at 500k).
+
+Memory. Once a burst of at least ``sqlite_writer.RELEASE_AFTER_ROWS`` rows
+has been folded and the writer idles with an empty journal, it gives its
+page cache (``PRAGMA shrink_memory``) and the process's free heap
+(``memory.release_free_memory``) back to the system.
 
 Checkpoints. The store checkpoints the WAL itself (``PASSIVE``) once about
 ``sqlite_writer.CHECKPOINT_BYTES`` were written, after the round's callers
@@ -103,16 +117,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
+from anyio.abc import TaskStatus
+
 from federation_presence.errors import StoreError
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 from federation_presence.store import sqlite_writer as sql
 from federation_presence.store.base import (
+    DEFAULT_APPLY_TIMEOUT_S,
     PRUNE_BATCH_ROWS,
     InboundTxn,
     ServerKeyRecord,
     StoreStats,
     StreamRow,
 )
+from federation_presence.store.deadline import CallerDeadlines
 from federation_presence.store.journal import (
     DEFAULT_FOLD_CHANGES,
     DEFAULT_FOLD_WRITES,
@@ -125,13 +144,14 @@ from federation_presence.store.sqlite_writer import (
     ApplyWrite,
     CallWrite,
     Read,
+    SeparateWrite,
     Settled,
     SqliteWriter,
     Synchronous,
     Write,
     store_error,
 )
-from federation_presence.store.txn_filter import DEFAULT_CAPACITY, TxnFilter
+from federation_presence.store.txn_filter import DEFAULT_CAPACITY, DEFAULT_RETENTION_MS, TxnFilter
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -149,7 +169,17 @@ class _Stop:
         self.fut = fut
 
 
-_Item = list[Write] | Read | _Stop
+class _UsersRead:
+    """``get_users``: a read that folds only as much of the journal as it needs."""
+
+    __slots__ = ("fut", "user_ids")
+
+    def __init__(self, user_ids: list[str], fut: asyncio.Future[Any]):
+        self.user_ids = user_ids
+        self.fut = fut
+
+
+_Item = list[Write] | Read | SeparateWrite | _Stop | _UsersRead
 
 
 class SqliteStore:
@@ -158,8 +188,10 @@ class SqliteStore:
     ``journal_max_rows``, ``fold_chunk_rows``, ``fold_chunk_writes``: the
     journal's bounds; ``idle_fold_delay_s``: how long the writer waits idle
     before folding (None: never on idleness); ``txn_filter_capacity``: keys
-    the txn filter is sized for (0: no filter); ``on_fold``: called on the
-    event loop with every fold's ``FoldReport`` (metrics, tests).
+    per ``txn_retention_ms`` the txn filter is sized for (0: no filter);
+    ``apply_timeout_s``: the longest any caller waits for its answer;
+    ``on_fold``: called on the event loop with every fold's ``FoldReport``
+    (metrics, tests).
     """
 
     def __init__(
@@ -173,27 +205,41 @@ class SqliteStore:
         fold_chunk_writes: int = DEFAULT_FOLD_WRITES,
         idle_fold_delay_s: float | None = DEFAULT_IDLE_FOLD_DELAY_S,
         txn_filter_capacity: int = DEFAULT_CAPACITY,
+        txn_retention_ms: int = DEFAULT_RETENTION_MS,
+        apply_timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
         on_fold: Callable[[FoldReport], None] | None = None,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
         if idle_fold_delay_s is not None and idle_fold_delay_s < 0:
             raise ValueError("idle_fold_delay_s must be >= 0 or None")
+        if apply_timeout_s <= 0:
+            raise ValueError("apply_timeout_s must be > 0")
         self.path = Path(path)
         self.synchronous: Synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self.limits = JournalLimits(journal_max_rows, fold_chunk_rows, fold_chunk_writes)
         self.idle_fold_delay_s = idle_fold_delay_s
         self.txn_filter_capacity = txn_filter_capacity
+        self.txn_retention_ms = txn_retention_ms
+        self.apply_timeout_s = apply_timeout_s
         self.stats = StoreStats()
+        self._deadlines = CallerDeadlines(apply_timeout_s, self.stats)
         self._on_fold = on_fold
         self._txn_filter: TxnFilter | None = None
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._pending: list[Write] = []
+        self._separate: list[SeparateWrite] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def txn_filter(self) -> TxnFilter | None:
+        """The in-memory txn filter (None before ``open`` or when turned off)."""
+        return self._txn_filter
 
     # -- lifecycle (event loop side) ------------------------------------------
 
@@ -211,19 +257,35 @@ class SqliteStore:
             self._txn_filter = await opened
         except BaseException:
             self._closed = True
+            # cancelled while the thread was opening: it stops once it has
+            self._queue.put(_Stop(loop.create_future()))
             raise
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open, serve until ``close`` or cancellation, then close (``Store.run``)."""
+        await self.open()
+        try:
+            task_status.started()
+            await self._stopped.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._stopped.set()
         if self._loop is None or self._thread is None:
             return
         self._flush()
         stopped: asyncio.Future[None] = self._loop.create_future()
         self._queue.put(_Stop(stopped))
+        # waits for the thread to fold and close: no timeout, the file must
+        # be left consistent (a fold chunk is bounded, see the module doc)
         await stopped
-        self._thread.join()
+        # the thread is past its last statement; join it off the loop
+        await anyio.to_thread.run_sync(self._thread.join)
 
     # -- the Store protocol ---------------------------------------------------
 
@@ -237,7 +299,7 @@ class SqliteStore:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await fut
+        return await self._deadlines.answer(fut, "a store write")
 
     async def load_users(self) -> list[UserPresence]:
         return await self._read(sql.load_users, presence=True)
@@ -247,6 +309,16 @@ class SqliteStore:
 
     async def get_user(self, user_id: str) -> UserPresence | None:
         return await self._read(lambda conn: sql.get_user(conn, user_id), presence=True)
+
+    async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
+        if not user_ids:
+            return []
+        fut: asyncio.Future[list[UserPresence]] = self._running_loop().create_future()
+        self._queue.put(_UsersRead(list(user_ids), fut))
+        return await fut
+
+    async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
+        return await self._read(lambda conn: sql.load_live_users(conn, local_suffix), presence=True)
 
     async def current_stream_id(self) -> int:
         return await self._read(sql.current_stream_id, presence=True)
@@ -264,7 +336,15 @@ class SqliteStore:
     async def prune_txns(self, older_than_ts: int, limit: int = PRUNE_BATCH_ROWS) -> int:
         txn_filter = self._txn_filter
         emptied = () if txn_filter is None else txn_filter.prunable(older_than_ts)
-        pruned = await self._call_write(lambda conn: sql.prune_txns(conn, older_than_ts, limit))
+        loop = self._running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._separate.append(
+            SeparateWrite(lambda conn: sql.prune_txns(conn, older_than_ts, limit), fut)
+        )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        pruned = await self._deadlines.answer(fut, "a prune")
         if txn_filter is not None and pruned < limit:
             # Only a prune that reached the cutoff may forget whole generations.
             txn_filter.drop(emptied)
@@ -302,11 +382,16 @@ class SqliteStore:
         if self._pending:
             group, self._pending = self._pending, []
             self._queue.put(group)
+        if self._separate:
+            # after the group: the thread answers the group's callers first
+            separate, self._separate = self._separate, []
+            for item in separate:
+                self._queue.put(item)
 
     async def _read(self, fn: Callable[[Any], T], *, presence: bool = False) -> T:
         fut: asyncio.Future[T] = self._running_loop().create_future()
         self._queue.put(Read(fn, fut, presence))
-        return await fut
+        return await self._deadlines.answer(fut, "a store read")
 
     async def _call_write(self, fn: Callable[[Any], T]) -> T:
         loop = self._running_loop()
@@ -315,7 +400,7 @@ class SqliteStore:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await fut
+        return await self._deadlines.answer(fut, "a store write")
 
     def _deliver(self, settled: Settled, reports: list[FoldReport]) -> None:
         for fut, value, exc in settled:
@@ -361,7 +446,9 @@ class SqliteStore:
         try:
             reports = writer.recover()
             capacity = self.txn_filter_capacity
-            txn_filter = writer.load_txn_filter(capacity) if capacity > 0 else None
+            txn_filter = (
+                writer.load_txn_filter(capacity, self.txn_retention_ms) if capacity > 0 else None
+            )
         except Exception as exc:
             writer.close()
             error = exc if isinstance(exc, StoreError) else store_error("cannot open", exc)
@@ -374,22 +461,40 @@ class SqliteStore:
             reports = []
             writes: list[Write] = []
             reads: list[Read] = []
+            separate: list[SeparateWrite] = []
+            user_reads: list[_UsersRead] = []
             stop: _Stop | None = None
             for item in items:
                 if type(item) is list:
                     writes.extend(item)
                 elif type(item) is Read:
                     reads.append(item)
+                elif type(item) is SeparateWrite:
+                    separate.append(item)
+                elif type(item) is _UsersRead:
+                    user_reads.append(item)
                 elif type(item) is _Stop:
                     stop = item
             if reads:
                 self._run_reads(writer, reads, settled, reports)
+            for user_read in user_reads:
+                self._run_users_read(writer, user_read, settled, reports)
             if writes:
                 writer.run_writes(writes, settled)
             if stop is not None:
+                for item in separate:
+                    writer.run_separate(item, settled)
                 self._stop(loop, writer, stop, settled, reports)
                 return
             self._post(loop, settled, reports)
+            # the group's callers have their answers: now each prune, alone
+            for item in separate:
+                answered: Settled = []
+                writer.run_separate(item, answered)
+                self._post(loop, answered)
+            # Drop this round's outcomes now, not when the next item comes: an
+            # idle writer would otherwise keep the last group's users alive.
+            del items, writes, reads, user_reads, separate, settled
             # the callers have their answers: now the upkeep, one bounded step each
             if writer.over_limit():
                 self._fold_one_chunk(loop, writer, FoldTrigger.SIZE)
@@ -421,6 +526,8 @@ class SqliteStore:
             if writer.checkpoint_due():
                 self._checkpoint(writer)
             delay = 0
+        if not len(writer.index):
+            writer.release_memory_if_due()
         return self._queue.get()
 
     def _fold_one_chunk(
@@ -461,6 +568,23 @@ class SqliteStore:
                 settled.append((read.fut, None, fold_error))
             else:
                 settled.append(writer.run_read(read))
+
+    @staticmethod
+    def _run_users_read(
+        writer: SqliteWriter,
+        item: _UsersRead,
+        settled: Settled,
+        reports: list[FoldReport],
+    ) -> None:
+        try:
+            users, folded = writer.get_users(item.user_ids)
+        except StoreError as exc:
+            settled.append((item.fut, None, exc))
+        except Exception as exc:
+            settled.append((item.fut, None, store_error("read failed", exc)))
+        else:
+            reports.extend(folded)
+            settled.append((item.fut, users, None))
 
     def _stop(
         self,

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from federation_presence.errors import StoreError
 from federation_presence.ids import DeviceId, UserId
+from federation_presence.memory import release_free_memory
 from federation_presence.presence.model import DevicePresence, Outcome, UserPresence
 from federation_presence.presence.states import PresenceState
 from federation_presence.store.base import InboundTxn, ServerKeyRecord, StoreStats, StreamRow
@@ -92,6 +93,8 @@ _SELECT_PAYLOAD = "SELECT payload FROM presence_journal WHERE seq = ?"
 _DELETE_JOURNAL_UP_TO = "DELETE FROM presence_journal WHERE seq <= ?"
 _MAX_STREAM_ID = "SELECT COALESCE(MAX(stream_id), 0) FROM user_presence"
 _DATA_VERSION = "PRAGMA data_version"
+RELEASE_AFTER_ROWS = 100_000
+"""Rows folded after which an idle writer with an empty journal releases memory."""
 _PAGE_BYTES = 4096
 CHECKPOINT_BYTES = 16 * 2**20
 """WAL written (estimated) after which the store checkpoints.
@@ -146,6 +149,16 @@ class Read:
         self.presence = presence
 
 
+class SeparateWrite:
+    """A write in a transaction of its own (a prune), never in a group commit."""
+
+    __slots__ = ("fn", "fut")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], object], fut: asyncio.Future[Any]):
+        self.fn = fn
+        self.fut = fut
+
+
 Write = ApplyWrite | CallWrite
 
 
@@ -174,6 +187,7 @@ class SqliteWriter:
         self._stream_id = 0
         self._data_version = 0
         self._wal_bytes = 0  # an upper estimate of what was written since the last checkpoint
+        self._folded_since_release = 0  # rows folds wrote since ``release_memory_if_due`` ran
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000, isolation_level=None)
         try:
@@ -263,12 +277,58 @@ class SqliteWriter:
             raise store_error(f"folding the presence journal of {self.path} failed", exc) from exc
         index.forget(fold)
         written = len(fold.users) + len(fold.devices)
+        self._folded_since_release += written
         self._wal_bytes += _PAGE_BYTES * (written + 1)
         stats = self.stats
         stats.folds += 1
         stats.fold_rows_read += fold.rows_read
         stats.fold_rows_written += written
         return FoldReport(trigger, fold.entries, fold.rows_read, written, index.changes)
+
+    def fold_through(self, last_seq: int, trigger: FoldTrigger) -> list[FoldReport]:
+        """Fold chunks until no entry up to ``last_seq`` is left in the journal."""
+        reports: list[FoldReport] = []
+        while (oldest := self.index.oldest_seq()) is not None and oldest <= last_seq:
+            report = self.fold_chunk(trigger)
+            if report is None:
+                break
+            reports.append(report)
+        return reports
+
+    def get_users(self, user_ids: list[str]) -> tuple[list[UserPresence], list[FoldReport]]:
+        """The stored rows of ``user_ids``, exact: the journal is folded only as
+        far as the newest entry holding one of them (a read of users evicted
+        long ago, whose rows are old, folds little or nothing)."""
+        reports: list[FoldReport] = []
+        if self._current_data_version() != self._data_version:
+            reports = self.fold_all(FoldTrigger.READ)  # another writer: rebuild first
+        last = self.index.newest_entry_of(user_ids)
+        if last is not None:
+            reports.extend(self.fold_through(last, FoldTrigger.READ))
+        users: list[UserPresence] = []
+        for start in range(0, len(user_ids), _IN_LIST_MAX):
+            chunk = user_ids[start : start + _IN_LIST_MAX]
+            marks = ",".join("?" * len(chunk))
+            users.extend(
+                _user(row)
+                for row in self._conn.execute(f"{_SELECT_USER} WHERE user_id IN ({marks})", chunk)
+            )
+        return users, reports
+
+    def release_memory_if_due(self) -> None:
+        """After folds wrote ``RELEASE_AFTER_ROWS`` rows, and now the journal is
+        empty and the writer idle: give SQLite's page cache (up to 64 MiB, see
+        ``_TUNING_PRAGMAS``) and the freed heap back to the system. A burst of
+        a million users would otherwise leave it all resident for good; the
+        cost is a cold cache for the next reads."""
+        if self._folded_since_release < RELEASE_AFTER_ROWS:
+            return
+        self._folded_since_release = 0
+        try:
+            self._conn.execute("PRAGMA shrink_memory")
+        except sqlite3.Error:
+            logger.exception("PRAGMA shrink_memory failed")
+        release_free_memory()
 
     def _payload(self, seq: int) -> bytes:
         row = self._conn.execute(_SELECT_PAYLOAD, (seq,)).fetchone()
@@ -353,6 +413,25 @@ class SqliteWriter:
             else:
                 settled.append((w.fut, next(call_answers), None))
 
+    def run_separate(self, item: SeparateWrite, settled: Settled) -> None:
+        """``item`` alone in one transaction (it touches no journal or stream state)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                answer = item.fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except Exception as exc:
+            settled.append((item.fut, None, store_error("write transaction failed", exc)))
+            return
+        self.stats.prunes += 1
+        rows = answer if isinstance(answer, int) else 0
+        self._wal_bytes += _PAGE_BYTES * (1 + rows // 32)  # ~32 txn rows a page
+        settled.append((item.fut, answer, None))
+
     # -- reads ----------------------------------------------------------------
 
     def run_read(self, item: Read) -> tuple[asyncio.Future[Any], object, BaseException | None]:
@@ -361,9 +440,9 @@ class SqliteWriter:
         except Exception as exc:
             return (item.fut, None, store_error("read failed", exc))
 
-    def load_txn_filter(self, capacity: int) -> TxnFilter:
+    def load_txn_filter(self, capacity: int, retention_ms: int) -> TxnFilter:
         """A filter holding every stored transaction's key, oldest first."""
-        txn_filter = TxnFilter(capacity)
+        txn_filter = TxnFilter(capacity, retention_ms=retention_ms)
         for origin, txn_id, received_ts in self._conn.execute(
             "SELECT origin, txn_id, received_ts FROM inbound_txns ORDER BY received_ts"
         ):
@@ -407,6 +486,7 @@ def _migrate(conn: sqlite3.Connection, where: str) -> None:
 # -- statements run on the store thread (one connection, no shared state) ----
 
 _SELECT_USER = f"SELECT {USER_COLUMNS} FROM user_presence"
+_IN_LIST_MAX = 500  # bound parameters per ``IN (...)`` (SQLite allows 32,766)
 _SELECT_DEVICE = (
     "SELECT user_id, device_id, state, last_active_ts, last_sync_ts, syncing FROM device_presence"
 )
@@ -420,6 +500,14 @@ def _user(row: tuple[Any, ...]) -> UserPresence:
 
 def load_users(conn: sqlite3.Connection) -> list[UserPresence]:
     return [_user(row) for row in conn.execute(_SELECT_USER)]
+
+
+def load_live_users(conn: sqlite3.Connection, local_suffix: str) -> list[UserPresence]:
+    cursor = conn.execute(
+        f"{_SELECT_USER} WHERE state != 'offline' OR substr(user_id, ?) = ?",
+        (-len(local_suffix), local_suffix),
+    )
+    return [_user(row) for row in cursor]
 
 
 def load_devices(conn: sqlite3.Connection) -> list[DevicePresence]:

@@ -15,6 +15,8 @@ import asyncio
 import os
 import sys
 
+import anyio
+
 from federation_presence.store.postgres import PostgresStore
 from federation_presence.store.sqlite import SqliteStore
 from tests.contract.samples import inbound_txn, notified, user
@@ -30,15 +32,16 @@ async def main(backend: str, location: str, count: int, journal: bool) -> None:
         store = SqliteStore(location, idle_fold_delay_s=None, journal_max_rows=10**9)
     else:
         store = SqliteStore(location)
-    await store.open()
-    results = await asyncio.gather(
-        *(
-            store.apply(notified(user(f"@u{n}:killed.example")), inbound_txn("remote", f"t{n}"))
-            for n in range(count)
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        results = await asyncio.gather(
+            *(
+                store.apply(notified(user(f"@u{n}:killed.example")), inbound_txn("remote", f"t{n}"))
+                for n in range(count)
+            )
         )
-    )
-    print(f"durable {max(results)}", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        print(f"durable {max(results)}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ async def test_a_database_from_a_newer_program_is_refused_clearly(
     await database.execute("INSERT INTO schema_version (version) VALUES (9999)")
     newer = database.store()
     with pytest.raises(SchemaTooNewError, match=r"schema version 9999.*knows versions up to 2"):
-        await newer.open()
+        await database.task_group.start(newer.run)
     await newer.close()
 
 

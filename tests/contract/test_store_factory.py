@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from federation_presence.config import parse_config
 from federation_presence.errors import ConfigError
 from federation_presence.store import open_store
+from federation_presence.store.base import DEFAULT_APPLY_TIMEOUT_S
 from federation_presence.store.postgres import PostgresStore, redact_dsn
 from federation_presence.store.schema import load_migrations
 from federation_presence.store.sqlite import SqliteStore
+from federation_presence.store.txn_filter import DEFAULT_CAPACITY
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class DatabaseConfig:
     path: Path = Path("presence.db")
     dsn: str | None = None
     synchronous: str = "full"
+    apply_timeout_ms: int = 10_000
+    txn_filter_capacity: int = 10_000_000
 
 
 def test_sqlite3_config_gives_a_sqlite_store_with_its_synchronous_mode() -> None:
@@ -49,6 +54,45 @@ def test_a_config_that_names_no_usable_database_is_a_config_error(
 ) -> None:
     with pytest.raises(ConfigError) as caught:
         open_store(config)
+    assert caught.value.key == key
+
+
+def test_the_database_store_keys_reach_either_store() -> None:
+    for section in (
+        {"name": "sqlite3", "apply_timeout": "2s", "txn_filter_capacity": 0},
+        {
+            "name": "postgres",
+            "args": {"dsn": "postgresql://u@db/presence"},
+            "apply_timeout": 2000,
+            "txn_filter_capacity": 0,
+        },
+    ):
+        config = parse_config({"database": section}, None)
+        store = open_store(config.database, txn_retention_ms=3_600_000)
+        assert store.apply_timeout_s == 2.0  # type: ignore[attr-defined]
+        assert store.txn_filter_capacity == 0  # type: ignore[attr-defined]
+        assert store.txn_retention_ms == 3_600_000  # type: ignore[attr-defined]
+
+
+def test_the_store_key_defaults_are_the_stores_own() -> None:
+    store = open_store(parse_config({}, None).database)
+    assert isinstance(store, SqliteStore)
+    assert store.apply_timeout_s == DEFAULT_APPLY_TIMEOUT_S
+    assert store.txn_filter_capacity == DEFAULT_CAPACITY
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"apply_timeout": 0}, "database.apply_timeout"),
+        ({"apply_timeout": "soon"}, "database.apply_timeout"),
+        ({"txn_filter_capacity": -1}, "database.txn_filter_capacity"),
+        ({"txn_filter_capacity": "many"}, "database.txn_filter_capacity"),
+    ],
+)
+def test_a_bad_store_key_is_a_config_error_naming_it(section: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"database": section}, None)
     assert caught.value.key == key
 
 

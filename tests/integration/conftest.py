@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,11 +25,19 @@ from federation_presence.config import (
 )
 from federation_presence.federation.ip_policy import LOOPBACK_RANGES
 from federation_presence.worker import RunningWorker, running_worker
+from tests.blocking import blocking_calls_refused
 from tests.integration.origin import TestOrigin, running_origin
 from tests.integration.tls_peer import TlsCertificates
 
 WORKER_NAME = "fp.test"
 ADMIN_TOKEN = "admin-secret"
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_calls_on_the_loop() -> Iterator[None]:
+    """Every test here runs under the blocking-call detector (``tests/blocking.py``)."""
+    with blocking_calls_refused():
+        yield
 
 
 @pytest.fixture

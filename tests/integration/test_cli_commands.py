@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 import trustme
 from signedjson.key import read_signing_keys
+
+from tests.integration.checkout import checkout_env
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "federation-presence.example.yaml"
 DEV_TLS = Path(__file__).resolve().parents[2] / "deploy" / "dev-tls.md"
@@ -28,6 +31,7 @@ KEY_LINE = re.compile(r"ed25519 (a_[A-Za-z0-9]{4}) ([A-Za-z0-9+/]{43})\n")
 def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "federation_presence", *args],
+        env=checkout_env(),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -39,6 +43,7 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def _python(cwd: Path, script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", script],
+        env=checkout_env(),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -310,6 +315,7 @@ def test_run_hands_the_loaded_config_to_the_worker_and_returns_its_code(tmp_path
     _write(tmp_path / "fp.yaml", "server_name: hs.test\nlisteners: [{port: 8009}]\n")
     result = subprocess.run(
         [sys.executable, "-c", _FAKE_WORKER, "run", "-c", "fp.yaml"],
+        env=checkout_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -323,6 +329,7 @@ def test_run_hands_the_loaded_config_to_the_worker_and_returns_its_code(tmp_path
 def test_run_without_a_config_uses_the_embedded_defaults(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", _FAKE_WORKER, "run"],
+        env=checkout_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -365,5 +372,37 @@ def test_help_and_version(tmp_path: Path) -> None:
 def test_probe_and_loadtest_are_honest_placeholders(tmp_path: Path, argv: tuple[str, str]) -> None:
     result = _cli(tmp_path, *argv)
     assert result.returncode == 2
-    assert "not implemented yet: see issue tracker" in result.stderr
+    assert f"federation-presence {argv[0]}: not implemented yet" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- run: the same checks as check-config, one line ------------------------------
+
+
+def test_run_with_a_missing_tls_file_says_what_check_config_says(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "fp.yaml",
+        "listeners:\n  - port: 18448\n    tls_certificate_path: keys/absent.pem\n"
+        "    tls_private_key_path: keys/absent.key\n",
+    )
+    line = "fp.yaml: listeners[0].tls_certificate_path: keys/absent.pem: no such file"
+    _assert_one_error_line(_cli(tmp_path, "check-config", "fp.yaml"), line)
+    _assert_one_error_line(_cli(tmp_path, "run", "-c", "fp.yaml"), line)
+    assert not (tmp_path / "federation-presence.db").exists()  # stopped before starting
+
+
+def test_run_on_a_port_in_use_is_one_line_naming_the_listener_and_exit_2(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as free:
+        free_port = free.getsockname()[1]
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        _write(
+            tmp_path / "fp.yaml",
+            f"listeners:\n  - port: {free_port}\n  - port: {port}\n",
+        )
+        assert _cli(tmp_path, "generate-key").returncode == 0  # so `run` logs nothing else
+        result = _cli(tmp_path, "run", "-c", "fp.yaml")
+    _assert_one_error_line(
+        result,
+        f"fp.yaml: listeners[1].port: cannot listen on 127.0.0.1:{port}: Address already in use",
+    )

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import anyio
 import httpx
+import trustme
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import verify_signed_json
 from unpaddedbase64 import decode_base64
+
+from tests.integration.checkout import checkout_env
 
 DEFAULT_PORT = 8448
 DEFAULT_NAME = "localhost:8448"
@@ -35,9 +38,10 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _spawn(workdir: Path) -> subprocess.Popen[bytes]:
+def _spawn(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "federation_presence", "run"],
+        [sys.executable, "-m", "federation_presence", "run", *args],
+        env=checkout_env(),
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -96,3 +100,35 @@ async def test_run_with_no_arguments_serves_a_verifiable_key_and_reuses_it(
             assert await _server_key(http) == first
         finally:
             assert _stop(process) == 0
+
+
+async def test_each_listener_is_announced_with_its_own_scheme(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    issued.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    (tmp_path / "fp.yaml").write_text(
+        f"listeners:\n  - port: {ports[0]}\n    resources: [ops]\n"
+        f"  - port: {ports[1]}\n    tls_certificate_path: cert.pem\n"
+        "    tls_private_key_path: key.pem\n    resources: [federation]\n"
+    )
+    process = _spawn(tmp_path, "-c", "fp.yaml")
+    assert process.stderr is not None
+    serving: list[bytes] = []
+    try:
+        with anyio.fail_after(30):
+            while len(serving) < 2:
+                line = await anyio.to_thread.run_sync(process.stderr.readline)
+                if not line:
+                    raise AssertionError(f"worker exited {process.wait()} before serving")
+                if b"serving" in line:
+                    serving.append(line)
+    finally:
+        assert _stop(process) == 0
+    assert f"serving http on port {ports[0]}".encode() in serving[0]
+    assert f"serving https on port {ports[1]}".encode() in serving[1]

@@ -244,7 +244,7 @@ async def test_the_limits_themselves_are_accepted(
 
 async def test_an_oversized_body_is_413(http: httpx.AsyncClient, origin: TestOrigin) -> None:
     big = origin.transaction(presence_edu(push(origin.user("a"), status_msg="x" * 1000)))
-    big["padding"] = "y" * 2_000_000
+    big["padding"] = "y" * 11_000_000  # over the default limit (10 MiB)
     response = await send(http, origin, big)
     assert_error(response, 413, "M_TOO_LARGE")
 

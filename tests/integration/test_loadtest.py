@@ -50,6 +50,6 @@ async def test_every_generated_transaction_is_accepted_and_stored(
     for origin in origins:
         last = transaction_body(origin.server_name, shape, 3, 0)
         pushes = last["edus"][-1]["content"]["push"]  # type: ignore[index]
-        stored = worker.keeper.get(UserId(pushes[-1]["user_id"]))
+        stored = await worker.keeper.get(UserId(pushes[-1]["user_id"]))
         assert stored is not None
         assert stored.state.value == pushes[-1]["presence"]

@@ -289,7 +289,7 @@ async def test_send_current_presence_sends_unchanged_state_to_the_given_servers(
     await present(worker, "alice", "hi")
     await peer.wait_for_attempts(1)
     await eventually(lambda: sender_of(worker).queue_depth(peer.server_name) == 0)
-    sender_of(worker).send_current_presence([peer.server_name, "fp.test"], [local("alice")])
+    await sender_of(worker).send_current_presence([peer.server_name, "fp.test"], [local("alice")])
     await peer.wait_for_attempts(2)
     assert statuses(peer, 1) == {local("alice"): "hi"}
     assert_schema_complete(peer)

@@ -49,7 +49,7 @@ async def test_a_remote_user_not_refreshed_goes_offline_and_onto_the_stream(
         online_position = rows[0].stream_id
 
         await clock.advance(29 * MINUTE_MS)
-        assert worker.keeper.get(UserId(alice)).state is PresenceState.ONLINE  # type: ignore[union-attr]
+        assert (await worker.keeper.get(UserId(alice))).state is PresenceState.ONLINE  # type: ignore[union-attr]
 
         await clock.advance(2 * MINUTE_MS)
         with anyio.fail_after(10):

@@ -50,9 +50,8 @@ def test_unbuilt_commands_say_so_and_exit_2(
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert (
-        captured.err == f"federation-presence {argv[0]}: not implemented yet: see issue tracker\n"
-    )
+    assert captured.err.startswith(f"federation-presence {argv[0]}: not implemented yet")
+    assert "issue tracker" not in captured.err  # there is none to point at
 
 
 def test_check_config_prints_ok_and_a_summary(

@@ -169,6 +169,12 @@ HAPPY: list[tuple[str, dict[str, Any], Read, object]] = [
         600_000,
     ),
     (
+        "presence offline_cache_size",
+        {"presence": {"offline_cache_size": 0}},
+        lambda c: c.presence.offline_cache_size,
+        0,
+    ),
+    (
         "presence sync_timeout",
         {"presence": {"sync_timeout": 45_000}},
         lambda c: c.presence.sync_timeout_ms,
@@ -484,6 +490,11 @@ ERRORS: list[tuple[str, object, str]] = [
         "a unit ms, s, m, h, d or w (e.g. '30s'), got '5 minutes'",
     ),
     (
+        "negative offline cache",
+        {"presence": {"offline_cache_size": -1}},
+        "fp.yaml: presence.offline_cache_size: must be an integer >= 0, got -1",
+    ),
+    (
         "zero duration",
         {"presence": {"sync_timeout": "0s"}},
         "fp.yaml: presence.sync_timeout: must be longer than 0",
@@ -586,7 +597,7 @@ ERRORS: list[tuple[str, object, str]] = [
     (
         "postgres arg under sqlite3",
         {"database": {"args": {"user": "x"}}},
-        "fp.yaml: database.args.user: unknown key; known: database",
+        "fp.yaml: database.args.user: unknown key; known: cp_max, cp_min, database",
     ),
     (
         "synchronous bad",
@@ -867,6 +878,8 @@ SCHEMA_KEYS = {
     "tls_certificate_path",
     "tls_private_key_path",
     "resources",
+    "header_timeout",
+    "body_timeout",
     "database",
     "name",
     "synchronous",
@@ -878,6 +891,7 @@ SCHEMA_KEYS = {
     "federation_ping_interval",
     "last_active_granularity",
     "currently_active_window",
+    "offline_cache_size",
     "federation",
     "verify_certificates",
     "ca_bundle",
@@ -966,3 +980,118 @@ def test_a_trusted_key_server_may_list_several_keys() -> None:
         "ed25519:x": KEY,
         "ed25519:y": OTHER_KEY,
     }
+
+
+# --- Synapse's own sample config, and the listener time limits -----------------
+
+
+def test_synapse_sample_listener_and_database_blocks_are_accepted() -> None:
+    config = _parse(
+        {
+            "listeners": [
+                {
+                    "port": 8008,
+                    "tls": False,
+                    "type": "http",
+                    "x_forwarded": True,
+                    "bind_addresses": ["::1", "127.0.0.1"],
+                    "resources": [{"names": ["client", "federation"], "compress": False}],
+                }
+            ],
+            "database": {
+                "name": "psycopg2",
+                "args": {
+                    "user": "synapse_user",
+                    "password": "secretpassword",
+                    "database": "synapse",
+                    "host": "localhost",
+                    "cp_min": 5,
+                    "cp_max": 10,
+                },
+            },
+        }
+    )
+    assert config.listeners[0].resources == frozenset({"client", "federation"})
+    assert config.listeners[0].tls_certificate_path is None
+    assert (config.database.cp_min, config.database.cp_max) == (5, 10)
+    assert config.database.dsn == "postgresql://synapse_user:secretpassword@localhost/synapse"
+
+
+def test_sqlite_accepts_synapse_pool_bounds_too() -> None:
+    database = _parse({"database": {"args": {"database": "x.db", "cp_min": 1, "cp_max": 1}}})
+    assert database.database.path == Path("x.db")
+
+
+def test_a_dsn_may_come_with_pool_bounds() -> None:
+    database = _parse(
+        {"database": {"name": "postgres", "args": {"dsn": "postgresql:///p", "cp_max": 3}}}
+    ).database
+    assert (database.dsn, database.cp_max) == ("postgresql:///p", 3)
+
+
+def test_listener_time_limits_are_durations() -> None:
+    listener = _parse({"listeners": [{"header_timeout": "2s", "body_timeout": "2m"}]}).listeners[0]
+    assert (listener.header_timeout_ms, listener.body_timeout_ms) == (2_000, 120_000)
+    assert (ListenerConfig().header_timeout_ms, ListenerConfig().body_timeout_ms) == (
+        10_000,
+        60_000,
+    )
+
+
+def test_the_default_body_limit_admits_150_items_of_64_kib_and_an_envelope() -> None:
+    assert FederationConfig().max_request_body_bytes == 10 * 1024 * 1024
+    assert FederationConfig().max_request_body_bytes > 150 * 65_536 + 1024
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (
+            {"listeners": [{"type": "metrics"}]},
+            "fp.yaml: listeners[0].type: only 'http' listeners exist here, got 'metrics'",
+        ),
+        (
+            {"listeners": [{"tls": True}]},
+            "fp.yaml: listeners[0].tls: true needs this listener's tls_certificate_path"
+            " and tls_private_key_path",
+        ),
+        (
+            {
+                "listeners": [
+                    {"tls": False, "tls_certificate_path": "c", "tls_private_key_path": "k"}
+                ]
+            },
+            "fp.yaml: listeners[0].tls: false, but tls_certificate_path is set: drop one of them",
+        ),
+        (
+            {"listeners": [{"x_forwarded": "yes"}]},
+            "fp.yaml: listeners[0].x_forwarded: must be true or false, got 'yes'",
+        ),
+        (
+            {"listeners": [{"resources": [{"names": ["client"], "compress": 1}]}]},
+            "fp.yaml: listeners[0].resources[0].compress: must be true or false, got 1",
+        ),
+        (
+            {"listeners": [{"resources": [{"names": ["client"], "compres": False}]}]},
+            "fp.yaml: listeners[0].resources[0].compres: unknown key; did you mean 'compress'?",
+        ),
+        (
+            {"listeners": [{"header_timeout": 0}]},
+            "fp.yaml: listeners[0].header_timeout: must be longer than 0",
+        ),
+        (
+            {"database": {"name": "postgres", "args": {"database": "p", "cp_min": 0}}},
+            "fp.yaml: database.args.cp_min: must be an integer >= 1, got 0",
+        ),
+        (
+            {"database": {"name": "postgres", "args": {"database": "p", "cp_min": 5, "cp_max": 2}}},
+            "fp.yaml: database.args.cp_min: must not exceed cp_max (2), got 5",
+        ),
+        (
+            {"database": {"args": {"database": "x.db", "cp_max": "2"}}},
+            "fp.yaml: database.args.cp_max: must be an integer >= 1, got '2'",
+        ),
+    ],
+)
+def test_synapse_keys_are_still_checked(data: object, line: str) -> None:
+    assert _error(data) == line

@@ -100,3 +100,65 @@ def test_the_pure_federation_modules_import_no_io_module() -> None:
             if name == bad or name.startswith(bad + ".")
         )
         assert offending == [], module
+
+
+# The store's value types and pure modules: importing them (and so the
+# ``federation_presence.store`` package itself) loads no database driver and
+# no event loop; ``open_store`` imports the backend it is asked for.
+PURE_STORE_MODULES = (
+    "federation_presence.store",
+    "federation_presence.store.base",
+    "federation_presence.store.batch",
+    "federation_presence.store.txn_filter",
+    "federation_presence.store.journal",
+    "federation_presence.store.schema",
+)
+STORE_FORBIDDEN = tuple(
+    name
+    for name in FORBIDDEN
+    if name not in NOT_CHECKED_FOR_SHELL_SIDE and name != "federation_presence.store"
+)
+
+
+def test_the_pure_store_modules_import_no_io_module() -> None:
+    for module in PURE_STORE_MODULES:
+        program = (
+            "import importlib, json, sys\n"
+            f"importlib.import_module({module!r})\n"
+            "print(json.dumps(sorted(sys.modules)))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+        )
+        loaded = set(json.loads(result.stdout))
+        assert module in loaded
+        offending = sorted(
+            name
+            for name in loaded
+            for bad in (
+                *STORE_FORBIDDEN,
+                "federation_presence.store.sqlite",
+                "federation_presence.store.postgres",
+            )
+            if name == bad or name.startswith(bad + ".")
+        )
+        assert offending == [], module
+
+
+def test_open_store_imports_only_the_backend_it_is_asked_for() -> None:
+    program = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from federation_presence.config import DatabaseConfig\n"
+        "from federation_presence.store import open_store\n"
+        "open_store(DatabaseConfig(path=Path('unused.db')))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = set(json.loads(result.stdout))
+    assert "federation_presence.store.sqlite" in loaded
+    assert "sqlite3" in loaded
+    assert "asyncpg" not in loaded
+    assert "federation_presence.store.postgres" not in loaded

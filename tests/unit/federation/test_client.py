@@ -20,11 +20,7 @@ from signedjson.types import SigningKey
 from unpaddedbase64 import decode_base64
 
 from federation_presence.errors import UpstreamError
-from federation_presence.federation.client import (
-    CertificateNamePools,
-    DestinationError,
-    FederationClient,
-)
+from federation_presence.federation.client import DestinationError, FederationClient
 from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.xmatrix import parse_authorization, signed_request_bytes
 from tests.fakes import FakeClock
@@ -302,84 +298,3 @@ async def test_a_destination_that_cannot_be_resolved_is_a_destination_error(
     with pytest.raises(DestinationError, match=f"cannot resolve: .*{problem}"):
         await client.get_json(destination, "/_matrix/federation/v1/version")
     assert peer.requests == []
-
-
-# --- one pool per certificate name -------------------------------------------------
-
-
-class RecordingPool(httpx.AsyncBaseTransport):
-    """A stand-in connection pool: answers 200 and remembers being closed."""
-
-    def __init__(self, number: int) -> None:
-        self.number = number
-        self.closed = False
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert not self.closed
-        return httpx.Response(200, json={"pool": self.number})
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-@pytest.fixture
-def pools() -> list[RecordingPool]:
-    return []
-
-
-@pytest.fixture
-def certificate_name_pools(pools: list[RecordingPool]) -> CertificateNamePools:
-    def new_pool() -> RecordingPool:
-        pools.append(RecordingPool(len(pools)))
-        return pools[-1]
-
-    return CertificateNamePools(new_pool, max_pools=2)
-
-
-async def send_for(
-    http: httpx.AsyncClient, name: str | None, *, stream: bool = False
-) -> httpx.Response:
-    extensions = {} if name is None else {"sni_hostname": name}
-    request = http.build_request("GET", "https://10.0.0.1:8448/x", extensions=extensions)
-    response = await http.send(request, stream=stream)
-    return response
-
-
-async def test_each_certificate_name_gets_its_own_pool_even_on_one_address() -> None:
-    pools = iter(range(100))
-    certificate_name_pools = CertificateNamePools(lambda: RecordingPool(next(pools)))
-    async with httpx.AsyncClient(transport=certificate_name_pools) as http:
-        numbers = [
-            (await send_for(http, name)).json()["pool"] for name in ("a.example", "b.example", None)
-        ]
-        again = (await send_for(http, "a.example")).json()["pool"]
-    assert numbers == [0, 1, 2]
-    assert again == 0
-
-
-async def test_idle_pools_beyond_the_limit_close_least_recently_used_first(
-    certificate_name_pools: CertificateNamePools, pools: list[RecordingPool]
-) -> None:
-    async with httpx.AsyncClient(transport=certificate_name_pools) as http:
-        for name in ("a.example", "b.example", "a.example", "c.example"):
-            await send_for(http, name)
-        assert [p.closed for p in pools] == [False, True, False]
-        assert certificate_name_pools.names == ["a.example", "c.example"]
-    assert all(p.closed for p in pools)
-
-
-async def test_a_pool_with_an_open_response_is_not_closed_under_it(
-    certificate_name_pools: CertificateNamePools, pools: list[RecordingPool]
-) -> None:
-    async with httpx.AsyncClient(transport=certificate_name_pools) as http:
-        busy = await send_for(http, "busy.example", stream=True)
-        await send_for(http, "b.example")
-        await send_for(http, "c.example")
-        # Three pools for a limit of two: "b" is closed, "busy" is kept while in use.
-        assert [p.closed for p in pools] == [False, True, False]
-        assert certificate_name_pools.names == ["busy.example", "c.example"]
-        await busy.aread()
-        await busy.aclose()
-        await send_for(http, "d.example")
-        assert [p.closed for p in pools] == [True, True, False, False]
-        assert certificate_name_pools.names == ["c.example", "d.example"]

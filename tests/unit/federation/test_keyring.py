@@ -28,6 +28,7 @@ from federation_presence.federation.keyring import (
     verified_notary_keys,
     verified_server_keys,
 )
+from federation_presence.federation.outbound_http import OutboundBusyError
 from federation_presence.federation.signing_keys import (
     build_server_keys_response,
     generate_signing_key,
@@ -58,13 +59,17 @@ class FakeKeyNetwork:
     """A ``KeyFetcher``: canned JSON per server, every call recorded.
 
     A server with no canned answer, or listed in ``dead``, fails with
-    ``UpstreamError``; while ``gate`` is set, every call waits for it.
+    ``UpstreamError``; one in ``hanging`` never answers; one in ``not_sent``
+    fails with ``OutboundBusyError`` (our HTTP stack full); while ``gate`` is
+    set, every call waits for it.
     """
 
     def __init__(self) -> None:
         self.servers: dict[str, dict[str, Any]] = {}
         self.notaries: dict[str, dict[str, Any]] = {}
         self.dead: set[str] = set()
+        self.hanging: set[str] = set()
+        self.not_sent: set[str] = set()
         self.calls: list[tuple[str, str, str, dict[str, Any] | None]] = []
         self.gate: anyio.Event | None = None
         self.crash = False
@@ -72,6 +77,10 @@ class FakeKeyNetwork:
     async def _answer(self, table: dict[str, dict[str, Any]], destination: str) -> dict[str, Any]:
         if self.gate is not None:
             await self.gate.wait()
+        if destination in self.hanging:
+            await anyio.Event().wait()
+        if destination in self.not_sent:
+            raise OutboundBusyError("all 1024 connection pools have a request in flight")
         if self.crash:
             raise RuntimeError("a bug in the fetcher")
         if destination in self.dead or destination not in table:
@@ -575,3 +584,156 @@ def test_notary_items_for_other_servers_are_skipped(
     assert (record.key_id, record.fetched_ts) == ("ed25519:k1", 7)
     with pytest.raises(UpstreamError, match=r"no keys of y\.example"):
         verified_notary_keys(answer, "y.example", notary, 7)
+
+
+# --- bounded, fair fetching; the failure cache holds only the origin's own failures ----
+
+
+OTHER = "other.example"
+
+
+def request_from(origin: str, key: SigningKey) -> tuple[XMatrixAuth, bytes]:
+    body: dict[str, Any] = {"edus": []}
+    path = "/_matrix/federation/v1/send/1"
+    header = authorization_header(key, "PUT", path, origin, US, body)
+    return parse_authorization([header]), signed_request_bytes("PUT", path, origin, US, body)
+
+
+async def test_an_unexpected_fetcher_error_is_not_held_against_the_origin(
+    keyring: Keyring, network: FakeKeyNetwork, clock: FakeClock, origin_key: SigningKey
+) -> None:
+    network.crash = True
+    assert "could not fetch keys" in await refused(keyring, *signed_request(origin_key))
+    network.crash = False
+    network.servers[ORIGIN] = key_response(origin_key, clock.now_ms())
+    await keyring.verify_request(*signed_request(origin_key))  # asked again at once
+
+
+async def test_a_full_http_stack_is_a_429_and_not_held_against_the_origin(
+    keyring: Keyring, network: FakeKeyNetwork, clock: FakeClock, origin_key: SigningKey
+) -> None:
+    network.not_sent = {ORIGIN, NOTARY}
+    with pytest.raises(PeerError) as caught:
+        await keyring.verify_request(*signed_request(origin_key))
+    assert (caught.value.status, caught.value.errcode) == (429, "M_LIMIT_EXCEEDED")
+    assert caught.value.extra == {"retry_after_ms": 2_000}
+    network.not_sent = set()
+    network.servers[ORIGIN] = key_response(origin_key, clock.now_ms())
+    await keyring.verify_request(*signed_request(origin_key))
+
+
+async def test_an_origin_whose_server_never_answers_is_held_in_the_failure_cache(
+    keyring: Keyring, network: FakeKeyNetwork, clock: FakeClock, origin_key: SigningKey
+) -> None:
+    network.hanging = {ORIGIN, NOTARY}
+    messages: list[str] = []
+    async with anyio.create_task_group() as tg:
+
+        async def verify() -> None:
+            messages.append(await refused(keyring, *signed_request(origin_key)))
+
+        tg.start_soon(verify)
+        await wait_all_tasks_blocked()
+        await clock.advance(10_000)  # the whole fetch, notary included, ends by its deadline
+    assert messages == [f"could not fetch keys for {ORIGIN}"]
+    calls = len(network.calls)
+    network.hanging = set()
+    network.servers[ORIGIN] = key_response(origin_key, clock.now_ms())
+    assert "could not fetch keys" in await refused(keyring, *signed_request(origin_key))
+    assert len(network.calls) == calls  # its own failure: not asked again for 60 s
+    await clock.advance(60_000)
+    await keyring.verify_request(*signed_request(origin_key))
+
+
+async def test_the_notary_gets_the_second_half_of_the_deadline_when_the_origin_is_silent(
+    keyring: Keyring, network: FakeKeyNetwork, clock: FakeClock, origin_key: SigningKey,
+    notary_key: SigningKey,
+) -> None:  # fmt: skip
+    network.hanging = {ORIGIN}
+    network.notaries[NOTARY] = notarised(key_response(origin_key, clock.now_ms()), notary_key)
+    verified: list[bool] = []
+    async with anyio.create_task_group() as tg:
+
+        async def verify() -> None:
+            await keyring.verify_request(*signed_request(origin_key))
+            verified.append(True)
+
+        tg.start_soon(verify)
+        await wait_all_tasks_blocked()
+        await clock.advance(4_999)
+        assert fetches(network) == [(ORIGIN, KEY_SERVER_PATH)]
+        await clock.advance(1)
+    assert verified == [True]
+    assert fetches(network) == [(ORIGIN, KEY_SERVER_PATH), (NOTARY, KEY_QUERY_PATH)]
+
+
+async def test_a_hung_fetch_is_preempted_for_another_origin_and_is_not_cached(
+    network: FakeKeyNetwork, cache: FakeKeyCache, clock: FakeClock, origin_key: SigningKey
+) -> None:
+    keyring = Keyring(
+        fetcher=network, cache=cache, clock=clock, own_server_name=US, fetch_concurrency=1
+    )
+    other_key = generate_signing_key("o1")
+    network.hanging = {ORIGIN}
+    network.servers[OTHER] = key_response(other_key, clock.now_ms(), server_name=OTHER)
+    outcomes: dict[str, int] = {}
+
+    async def verify(origin: str, key: SigningKey) -> None:
+        try:
+            await keyring.verify_request(*request_from(origin, key))
+            outcomes[origin] = 200
+        except PeerError as error:
+            outcomes[origin] = error.status
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(verify, ORIGIN, origin_key)
+        await wait_all_tasks_blocked()
+        await clock.advance(1_000)
+        tg.start_soon(verify, OTHER, other_key)
+        await wait_all_tasks_blocked()
+        assert outcomes == {}  # the hung fetch still has its first 2 s
+        await clock.advance(1_000)
+    assert outcomes == {ORIGIN: 429, OTHER: 200}
+    # Preempted is our capacity, not the origin's failure: it is asked again at once.
+    network.hanging = set()
+    network.servers[ORIGIN] = key_response(origin_key, clock.now_ms())
+    await keyring.verify_request(*signed_request(origin_key))
+
+
+async def test_a_waiter_that_never_gets_a_slot_is_turned_away_as_busy_not_cached(
+    network: FakeKeyNetwork, cache: FakeKeyCache, clock: FakeClock
+) -> None:
+    keyring = Keyring(
+        fetcher=network,
+        cache=cache,
+        clock=clock,
+        own_server_name=US,
+        fetch_concurrency=1,
+        contended_fetch_timeout_ms=10_000,  # no preemption: only deadlines free the slot
+    )
+    names = ("hung.example", "old.example", "hung-new.example")
+    keys = {name: generate_signing_key("k") for name in names}
+    network.hanging = {"hung.example", "hung-new.example"}
+    network.servers["old.example"] = key_response(
+        keys["old.example"], clock.now_ms(), server_name="old.example"
+    )
+    statuses: dict[str, int] = {}
+
+    async def verify(origin: str) -> None:
+        try:
+            await keyring.verify_request(*request_from(origin, keys[origin]))
+            statuses[origin] = 200
+        except PeerError as error:
+            statuses[origin] = error.status
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(verify, name)
+            await wait_all_tasks_blocked()
+            await clock.advance(1)
+        assert keyring.fetch_slots.waiting == 2
+        await clock.advance(20_000)
+    # The hung origins timed out (their own fault); the slot the first freed went to
+    # the newest waiter; the older one waited 10 s and was turned away: ours, a 429.
+    assert statuses == {"hung.example": 401, "old.example": 429, "hung-new.example": 401}
+    await keyring.verify_request(*request_from("old.example", keys["old.example"]))

@@ -47,3 +47,13 @@ async def test_the_lock_table_stays_bounded_and_keeps_held_locks() -> None:
                 pass
         assert len(locks._locks) <= 10
         assert "held.example" in locks._locks
+
+
+async def test_the_lock_table_follows_the_origins_in_flight_not_every_origin_seen() -> None:
+    locks = _OriginLocks()
+    async with locks.hold("held.example"):
+        for i in range(10_000):
+            async with locks.hold(f"o{i}.example"):
+                pass
+            assert len(locks) <= _OriginLocks.SWEEP_FLOOR
+        assert "held.example" in locks._locks

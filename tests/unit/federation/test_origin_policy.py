@@ -52,3 +52,20 @@ def test_time_going_backwards_does_not_add_tokens() -> None:
     limiter = OriginRateLimiter(rate_per_second=1.0, burst=1)
     assert limiter.check("a", 100.0) == 0.0
     assert limiter.check("a", 50.0) > 0
+
+
+def test_the_bucket_table_follows_the_origins_sending_within_a_refill_time() -> None:
+    # burst/rate = 1 s: a bucket untouched for 1 s is full and carries nothing.
+    limiter = OriginRateLimiter(rate_per_second=10.0, burst=10)
+    for i in range(100_000):
+        # 100 origins a second, each sending once: about 100 live at any time
+        limiter.check(f"o{i}", i / 100)
+        assert len(limiter) <= 2 * 100 + 64
+
+
+def test_a_sweep_keeps_the_buckets_that_still_limit() -> None:
+    limiter = OriginRateLimiter(rate_per_second=1.0, burst=1)
+    assert limiter.check("busy", 0.0) == 0.0
+    for i in range(1_000):
+        limiter.check(f"o{i}", 0.5)
+    assert limiter.check("busy", 0.5) > 0  # its empty bucket survived every sweep

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -143,3 +145,25 @@ def test_every_deadline_fires_exactly_once_over_any_series_of_pops(
     fired = queue.pop_due(cut) + queue.pop_due(cut) + queue.pop_due(1_000)
     assert sorted(fired) == list(range(len(deadlines)))
     assert queue.earliest() is None
+
+
+def test_pop_due_with_a_limit_takes_the_earliest_of_ordered_and_late_deadlines() -> None:
+    queue: DeadlineQueue[str] = DeadlineQueue()
+    queue.schedule("a", 10)
+    queue.schedule("b", 20)
+    queue.schedule("c", 30)
+    queue.schedule("late", 15)  # out of order: the side heap
+    assert queue.pop_due(100, limit=2) == ["a", "late"]
+    assert queue.earliest() == 20
+    assert queue.pop_due(100, limit=1) == ["b"]
+    assert queue.pop_due(100) == ["c"]
+    assert len(queue) == 0
+
+
+def test_a_queue_emptied_by_pop_due_gives_its_table_back() -> None:
+    queue: DeadlineQueue[int] = DeadlineQueue()
+    queue.schedule_all(range(50_000), 10)
+    grown = sys.getsizeof(queue._fifo)
+    assert len(queue.pop_due(10, limit=49_990)) == 49_990
+    assert sys.getsizeof(queue._fifo) < grown / 100
+    assert queue.pop_due(10) == list(range(49_990, 50_000))
