@@ -153,6 +153,7 @@ class PresenceKeeper:
 
     async def apply_local(self, event: LocalInput) -> Outcome:
         """Apply one authenticated local input; returns once durable."""
+        await self._read_through([event.user_id])
         outcome = self._machine.handle(event, self._clock.now_ms())
         await self._persist(outcome)
         return outcome

@@ -296,7 +296,7 @@ async def running_worker(
                     store=store,
                     client=client,
                     destinations=destinations if destinations is not None else local_users.routing,
-                    current=keeper.held,  # local users: always held
+                    current=keeper.get,
                     clock=clock,
                     settings=config.federation_sender,
                     presence=config.presence,

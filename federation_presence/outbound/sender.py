@@ -40,8 +40,9 @@ Positions and restart (at-least-once, latest state): the sender persists
   with something owed, and the read position: every change at or below it
   has been acknowledged by every destination it was routed to.
 
-Both only ever grow, and are flushed every ``POSITION_FLUSH_MS`` and at
-shutdown. After a restart (or ``kill -9``) the sender reads the stream from
+Both only ever grow, and are flushed ``POSITION_FLUSH_MS`` after they
+moved (no timer while idle) and at shutdown. After a restart (or
+``kill -9``) the sender reads the stream from
 ``outbound_sender:<instance>`` (the store coalesces: each user once, latest
 state), routes again and owes a destination only entries above its own
 stored position. Every destination converges to the latest state of every
@@ -67,7 +68,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -97,6 +98,7 @@ logger = logging.getLogger(__name__)
 READ_BATCH = 1_000
 STREAM_WAIT_S = 30.0
 POSITION_FLUSH_MS = 1_000
+ROUTE_RETRY_MS = 5_000
 SHUTDOWN_FLUSH_S = 5.0
 REJECTED_STATUSES = frozenset({400, 401, 403, 413})
 _SHOWN_CHARS = 300
@@ -134,7 +136,7 @@ class OutboundSender:
         store: Store,
         client: TransactionClient,
         destinations: DestinationSource,
-        current: Callable[[UserId], UserPresence | None],
+        current: Callable[[UserId], Awaitable[UserPresence | None]],
         clock: Clock,
         settings: SenderSettings,
         presence: PresenceSettings,
@@ -159,6 +161,9 @@ class OutboundSender:
         self._position = 0
         self._stored_position = 0
         self._tg: TaskGroup | None = None
+        # Set when a position moved: the flusher sleeps on it, not on a
+        # periodic timer, so an idle sender sets no timers at all.
+        self._positions_moved = anyio.Event()
         self._metrics.read_gauges_from(
             lambda: sum(1 for d in self._destinations.values() if d.retry_at is not None),
             lambda: sum(d.queue.depth for d in self._destinations.values()),
@@ -188,6 +193,11 @@ class OutboundSender:
         """When ``destination``'s retry timer fires, or None if it is not backing off."""
         found = self._destinations.get(ServerName(destination))
         return None if found is None else found.retry_at
+
+    def busy(self, destination: str) -> bool:
+        """Whether ``destination`` has anything owed, in flight or lingering."""
+        found = self._destinations.get(ServerName(destination))
+        return found is not None and (found.running or not found.queue.idle)
 
     def owns(self, destination: str) -> bool:
         """Whether this instance sends to ``destination`` (never to our own server)."""
@@ -220,7 +230,7 @@ class OutboundSender:
                 except StoreError as exc:
                     logger.warning("could not store outbound positions at shutdown: %s", exc)
 
-    def send_current_presence(
+    async def send_current_presence(
         self, destinations: Iterable[str], user_ids: Collection[UserId]
     ) -> None:
         """Owe these destinations the current state of these local users, unsuppressed.
@@ -232,7 +242,7 @@ class OutboundSender:
         states = [
             state
             for user_id in user_ids
-            if (state := self._current(user_id)) is not None and self._is_local(user_id)
+            if self._is_local(user_id) and (state := await self._current(user_id)) is not None
         ]
         if not states:
             return
@@ -256,8 +266,16 @@ class OutboundSender:
             local = [entry for entry in entries if entry.is_local]
             if local:
                 self._track_keepalive(local)
-                await self._route(local)
+                try:
+                    await self._route(local)
+                except Exception:
+                    # A routing source (a router module) or the store failed:
+                    # keep the position and route these entries again later.
+                    logger.exception("routing presence failed; retrying in %d ms", ROUTE_RETRY_MS)
+                    await self._clock.sleep_ms(ROUTE_RETRY_MS)
+                    continue
             self._position = following
+            self._positions_moved.set()
 
     async def _route(self, entries: list[StreamEntry]) -> None:
         by_user: dict[UserId, list[StreamEntry]] = {}
@@ -409,6 +427,7 @@ class OutboundSender:
         acked = self._position if oldest is None else oldest - 1
         if acked > target.acked_position:
             target.acked_position = acked
+            self._positions_moved.set()
 
     # -- positions ------------------------------------------------------------
 
@@ -436,7 +455,13 @@ class OutboundSender:
             self._stored_position = low
 
     async def _flush_positions_periodically(self) -> None:
+        """At most one flush per ``POSITION_FLUSH_MS``, and only after a position moved."""
         while True:
+            with anyio.move_on_after(STREAM_WAIT_S):
+                await self._positions_moved.wait()
+            if not self._positions_moved.is_set():
+                continue
+            self._positions_moved = anyio.Event()
             await self._clock.sleep_ms(POSITION_FLUSH_MS)
             try:
                 await self.flush_positions()
@@ -484,7 +509,12 @@ class OutboundSender:
             self._keepalive_scope = self._keepalive_until = None
             if scope.cancelled_caught:
                 continue
-            await self._send_keepalives(self._keepalive.due(self._clock.now_ms()))
+            due = self._keepalive.due(self._clock.now_ms())
+            try:
+                await self._send_keepalives(due)
+            except Exception:
+                # One missed re-send; the next interval sends again.
+                logger.exception("keep-alive routing failed for %d users", len(due))
 
     async def _send_keepalives(self, user_ids: list[UserId]) -> None:
         if not user_ids:
@@ -492,7 +522,7 @@ class OutboundSender:
         now = self._clock.now_ms()
         states: dict[UserId, UserPresence] = {}
         for user_id in user_ids:
-            state = self._current(user_id)
+            state = await self._current(user_id)
             if state is None or state.state is PresenceState.OFFLINE:
                 self._keepalive.track(user_id, False, now)
             else:

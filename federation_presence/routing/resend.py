@@ -23,7 +23,7 @@ from federation_presence.presence.states import PresenceState
 
 logger = logging.getLogger(__name__)
 
-SendCurrentPresence = Callable[[Collection[str], Collection[UserId]], None]
+SendCurrentPresence = Callable[[Collection[str], Collection[UserId]], Awaitable[None]]
 
 
 class OnlinePresenceResend:
@@ -68,4 +68,4 @@ class OnlinePresenceResend:
             if user.user_id.endswith(self._suffix) and user.state is not PresenceState.OFFLINE
         ]
         if online:
-            self.send_current_presence(servers, online)
+            await self.send_current_presence(servers, online)

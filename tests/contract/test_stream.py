@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from anyio.abc import TaskStatus
 
 from federation_presence.ids import DeviceId, ServerName, UserId
 from federation_presence.keeper import PresenceKeeper
@@ -126,13 +127,13 @@ async def test_wait_returns_once_a_later_write_is_published(store: AnyStore) -> 
     position = stream.current_id
     woke = anyio.Event()
 
-    async def reader() -> None:
+    async def reader(*, task_status: TaskStatus[None]) -> None:
+        task_status.started()  # the parent resumes once this waits below
         await stream.wait(position)
         woke.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reader)
-        await anyio.wait_all_tasks_blocked()
+        await tg.start(reader)
         assert not woke.is_set()
         await keeper.apply_remote([remote("a")])
         with anyio.fail_after(5):
