@@ -3,8 +3,8 @@
 The worker is the in-process one of ``conftest`` (real TLS from a test CA,
 real key server); the "our side" of ``--send-presence`` is a ``TestOrigin``
 (its own key served over TLS), so the worker really fetches a key to verify
-what the probe sends. (The Synapse interop fixture lives on another branch;
-the probe has not been run against it in these tests.)
+what the probe sends. ``tests/interop/test_probe_synapse.py`` runs the
+probe against a real Synapse.
 """
 
 from __future__ import annotations
