@@ -20,6 +20,7 @@ import httpx
 
 from federation_presence.config import Config, DatabaseConfig, FederationConfig, ListenerConfig
 from federation_presence.federation.ip_policy import LOOPBACK_RANGES
+from federation_presence.presence.model import PresenceSettings
 from tests.integration.tls_peer import TlsCertificates
 
 ADMIN_TOKEN = "interop-admin"
@@ -60,6 +61,11 @@ def interop_worker_config(
             **federation,  # type: ignore[arg-type]
         ),
         admin_token=ADMIN_TOKEN,
+        # Our local users here set presence with PUT and hold no syncing
+        # device; at the default 30 s sync timeout a slow first delivery
+        # (Synapse still starting, our sender backing off) could find them
+        # already timed out to offline. No interop test relies on that timer.
+        presence=PresenceSettings(sync_timeout_ms=10 * 60_000),
     )
 
 
