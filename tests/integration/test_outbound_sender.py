@@ -362,3 +362,42 @@ async def test_a_destination_that_never_answers_times_out_into_backoff(
             sender = sender_of(worker)
             await eventually(lambda: sender.in_backoff(peer.server_name) is not None)
             assert sender.queue_depth(peer.server_name) == 1  # owed again, not lost
+
+
+def sender_sample(worker: RunningWorker, name: str, **labels: str) -> float:
+    value = worker.metrics.registry.get_sample_value(name, labels)
+    assert value is not None, f"{name}{labels} is not exported"
+    return value
+
+
+async def test_metrics_count_outcomes_and_show_the_destination_in_backoff(
+    worker: RunningWorker, peer: RecordingPeer, clock: SettlingClock
+) -> None:
+    peer.mode = "status"
+    sender = sender_of(worker)
+    destination = peer.server_name
+    await present(worker, "alice", "a1")
+    await peer.wait_for_attempts(1)
+    await eventually(lambda: sender.in_backoff(destination) is not None)
+    transactions = "federation_presence_outbound_transactions_total"
+    pushes = "federation_presence_outbound_pushes_total"
+    assert sender_sample(worker, transactions, outcome="failed") == 1
+    assert sender_sample(worker, transactions, outcome="sent") == 0
+    assert sender_sample(worker, pushes, outcome="failed") == 1
+    assert sender_sample(worker, "federation_presence_outbound_destinations_in_backoff") == 1
+    await present(worker, "bob", "b1")
+    await settle()
+    assert sender_sample(worker, "federation_presence_outbound_queued_pushes") == 2
+
+    peer.mode = "ok"
+    retry_at = sender.in_backoff(destination)
+    assert retry_at is not None
+    await clock.advance(retry_at - clock.now_ms())
+    await peer.wait_for_attempts(2)
+    # The peer has the request; the sender counts once the answer is back.
+    await eventually(lambda: sender_sample(worker, transactions, outcome="sent") == 1)
+    assert sender.in_backoff(destination) is None
+    assert sender_sample(worker, pushes, outcome="sent") == 2
+    assert sender_sample(worker, "federation_presence_outbound_destinations_in_backoff") == 0
+    assert sender_sample(worker, "federation_presence_outbound_queued_pushes") == 0
+    assert sender_sample(worker, "federation_presence_outbound_send_seconds_count") == 1
