@@ -153,10 +153,7 @@ class PresenceKeeper:
 
     async def apply_local(self, event: LocalInput) -> Outcome:
         """Apply one authenticated local input; returns once durable."""
-        await self._read_through([event.user_id])
-        outcome = self._machine.handle(event, self._clock.now_ms())
-        await self._persist(outcome)
-        return outcome
+        return await self.apply_local_batch((event,))
 
     async def apply_local_batch(self, inputs: Sequence[LocalInput]) -> Outcome:
         """Apply local inputs (authenticated) at one ``now``; returns once durable.
@@ -165,10 +162,12 @@ class PresenceKeeper:
         write: the machine's outcomes are merged, per user into the last
         state with the strongest notify reason owed, per device into its last row.
         """
+        await self._read_through(event.user_id for event in inputs)
         now = self._clock.now_ms()
         outcome = merge_outcomes([self._machine.handle(event, now) for event in inputs])
         await self._persist(outcome)
         return outcome
+
     async def _read_through(self, user_ids: Iterable[UserId]) -> None:
         """Hand the machine the stored rows of the users it does not hold (one read)."""
         missing = self._machine.missing(user_ids)
@@ -348,4 +347,7 @@ def merge_outcomes(outcomes: Sequence[Outcome]) -> Outcome:
         outcomes[-1].next_deadline_ms if outcomes else None,
         tuple(dropped),
         tuple(pings.values()),
+        # The last machine call's seq: the merged write stands for all of them
+        # (eviction bookkeeping keys in-flight writes by seq).
+        seq=outcomes[-1].seq if outcomes else 0,
     )

@@ -185,7 +185,8 @@ class PresenceSync:
                 if self._wakeups.is_closed():
                     return [], position
                 if self._resend.take_full(user_id):
-                    return await self.current(user_id, interest), max(self._keeper.stream_id, since)
+                    position = max(self._stream.current_id, since)
+                    return await self.current(user_id, interest), position
 
 
 def sync_body(states: list[UserPresence], position: int, now: int) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from federation_presence.store.sqlite import SqliteStore
@@ -138,3 +139,24 @@ async def test_one_bad_heartbeat_refuses_the_whole_batch(
     assert (response.status_code, response.json()["errcode"]) == (400, errcode)
     assert "heartbeats[1]" in response.json()["error"]
     assert local.worker.keeper.held(BOB) is None  # type: ignore[arg-type]
+
+
+async def test_concurrent_heartbeat_batches_are_each_applied(local: LocalWorker) -> None:
+    # Two multi-entry batches in flight at once (their writes may share a group
+    # commit): each answered 200, every entry applied.
+    answers: list[int] = []
+
+    async def batch(name: str) -> None:
+        beats = [
+            {"user_id": f"@{name}{i}:fp.test", "device_id": "bridge", "presence": "online"}
+            for i in range(20)
+        ]
+        response = await local.http.post(HEARTBEATS, json={"heartbeats": beats}, headers=ADMIN)
+        answers.append(response.status_code)
+
+    async with anyio.create_task_group() as tg:
+        for name in ("left", "right", "third"):
+            tg.start_soon(batch, name)
+    assert answers == [200, 200, 200]
+    for name in ("left", "right", "third"):
+        assert await local.state_of(f"@{name}19:fp.test") == "online"

@@ -32,3 +32,15 @@ def test_merged_outcome_has_each_users_last_state_and_strongest_reason() -> None
         (D2, PresenceState.BUSY),
     }
     assert merged.next_deadline_ms == outcomes[-1].next_deadline_ms
+
+
+def test_merged_outcome_carries_the_seq_of_its_last_machine_call() -> None:
+    # The keeper keys writes in flight by seq: two merged batches in flight at
+    # once must not share one (they did, as the default 0).
+    machine = PresenceMachine(ServerName("here"))
+    outcomes = [
+        machine.handle(DeviceHeartbeat(A, D1, PresenceState.ONLINE), NOW),
+        machine.handle(Activity(A, D1), NOW),
+    ]
+    assert merge_outcomes(outcomes).seq == outcomes[-1].seq == machine.seq
+    assert merge_outcomes(outcomes).seq > 0
