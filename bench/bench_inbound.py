@@ -39,6 +39,7 @@ from federation_presence.loadtest.plan import LoadShape, transaction_body
 from federation_presence.metrics import Metrics
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.store.sqlite import SqliteStore
+from federation_presence.stream import PresenceStream
 from federation_presence.worker import GC_THRESHOLDS
 
 DESTINATION = ServerName("bench.test")
@@ -62,12 +63,15 @@ class _KeyServers:
 
 async def run(args: argparse.Namespace, workdir: Path) -> tuple[float, float, int]:
     clock = SystemClock()
-    shape = LoadShape(args.edus, args.pushes, 1_000)
+    shape = LoadShape(args.edus, args.pushes, 1_000, args.users)
     origins = {f"127.0.0.1:{40000 + i}": generate_signing_key() for i in range(args.origins)}
     store = SqliteStore(workdir / "bench.db", synchronous=args.synchronous)
     await store.open()
     metrics = Metrics()
-    keeper = PresenceKeeper(PresenceMachine(DESTINATION), store, clock, metrics)
+    machine = PresenceMachine(DESTINATION)
+    stream = PresenceStream(store, machine.is_local)  # as the worker: the keeper publishes
+    await stream.open()
+    keeper = PresenceKeeper(machine, store, clock, metrics, stream=stream)
     inbound = InboundTransactions(
         server_name=DESTINATION,
         keyring=Keyring(
@@ -125,6 +129,12 @@ def main() -> None:
     parser.add_argument("--edus", type=int, default=1)
     parser.add_argument("--pushes", type=int, default=50)
     parser.add_argument("--origins", type=int, default=64)
+    parser.add_argument(
+        "--users",
+        choices=["warm", "cold"],
+        default="warm",
+        help="warm: 1,000 users per origin, cycled; cold: every push names a new user",
+    )
     parser.add_argument("--txns", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--synchronous", choices=["full", "normal"], default="full")

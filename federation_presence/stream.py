@@ -51,7 +51,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_WINDOW_ENTRIES = 20_000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~0.9 µs against ~0.16 µs,
+# and one entry is made per notified change of every write (BENCHMARKS.md,
+# issue 18). Entries are shared between readers and never mutated.
+@dataclass(slots=True, unsafe_hash=True)
 class StreamEntry:
     """One user's state at one stream position.
 
