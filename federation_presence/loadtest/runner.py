@@ -215,7 +215,7 @@ async def send_requests(
         due = started + next_ticket / rate
         next_ticket += 1
         wait_ms = int((due - clock.monotonic()) * 1000)
-        if wait_ms > 0:
+        if wait_ms > 0 and due < deadline:  # a ticket due after the end is not waited for
             await clock.sleep_ms(wait_ms)
         return due
 
@@ -241,6 +241,8 @@ async def send_requests(
         try:
             for request in requests:
                 due = await due_time()
+                if due >= deadline:
+                    return
                 if rate is not None:
                     result.send_lag_ms.append(max(0.0, (clock.monotonic() - due) * 1000))
                 while clock.monotonic() < deadline:
