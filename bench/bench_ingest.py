@@ -42,10 +42,15 @@ ceiling; a median line per cell; at the end, markdown tables ready for
 ``BENCHMARKS.md`` (``federation_presence.loadtest.summary``): closed loop,
 worker and Synapse side by side with their ratio, and paced; medians, with
 every run's figures listed below each table. ``--json-out`` writes every
-run's raw figures (rewritten after each run). Bounded: each run stops after
-its seconds or its count of pre-signed transactions (by default enough for
-its seconds: see ``summary.first_count``); without ``--synapse-python`` the
-interop suite's cached Synapse venv is used (built on first use, ~2 min).
+run's raw figures and whole wall time (rewritten after each run).
+
+Bounded: each run stops after its seconds or its count of pre-signed
+transactions (by default enough for its seconds: ``loadtest.grid``); the
+whole invocation's wall time is estimated before it starts (the grid above:
+~22 min with its defaults of one 8 s run per paced point and Synapse not
+paced; ~61 min with ``--paced-runs 3 --paced-seconds 10 --paced-synapse``).
+Without ``--synapse-python`` the interop suite's cached Synapse venv is used
+(built on first use, ~2 min).
 """
 
 from __future__ import annotations
@@ -79,19 +84,22 @@ from synapse_target import (
 )
 
 from federation_presence.clock import SystemClock
-from federation_presence.loadtest.origins import SyntheticOrigin, serving_origins
-from federation_presence.loadtest.session import LoadSettings, Target, TlsFiles, run_load
-from federation_presence.loadtest.summary import (
-    CLOSED,
-    PACED,
+from federation_presence.loadtest.grid import (
     Plan,
-    RunRecord,
-    closed_table,
     estimate_wall_s,
     first_count,
     next_count,
     paced_count,
     paced_rate,
+    parse_shape,
+)
+from federation_presence.loadtest.origins import SyntheticOrigin, serving_origins
+from federation_presence.loadtest.session import LoadSettings, Target, TlsFiles, run_load
+from federation_presence.loadtest.summary import (
+    CLOSED,
+    PACED,
+    RunRecord,
+    closed_table,
     paced_table,
     shortfall_note,
 )
@@ -104,11 +112,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    edus, pushes = text.split("x")
-    return int(edus), int(pushes)
 
 
 def free_port() -> int:
@@ -193,9 +196,9 @@ class Recorder:
     records: list[RunRecord] = field(default_factory=list)
     raw: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, record: RunRecord, report: dict[str, Any]) -> None:
+    def add(self, record: RunRecord, report: dict[str, Any], wall_s: float) -> None:
         self.records.append(record)
-        self.raw.append({**record.as_json(), "report": report})
+        self.raw.append({**record.as_json(), "wall_s": round(wall_s, 2), "report": report})
         if self.json_out is not None:
             document = {"command": self.command, "runs": self.raw}
             self.json_out.write_text(json.dumps(document, indent=1), encoding="utf-8")
@@ -225,6 +228,7 @@ async def one_run(
     """One timed run; prints its line (and writes its HTML report with --html-dir)."""
     settings = run.settings
     window = CpuWindow(server_pid)
+    started = time.monotonic()  # the run's whole wall time: signing, priming, ceiling
     report = await run_load(
         target, settings, tls, SystemClock(), origins=origins, timed=window, ceiling=run.ceiling,
     )  # fmt: skip
@@ -241,7 +245,7 @@ async def one_run(
         asked_txn_per_s=None if settings.rate is None else round(settings.rate, 1),
         statuses=data["statuses"], errors=data["errors"], notes=tuple(report.notes),
     )  # fmt: skip
-    recorder.add(record, data)
+    recorder.add(record, data, time.monotonic() - started)
     mode = run.mode if run.percent is None else f"paced {run.percent} %"
     label = f"{shape}-{settings.users}-{len(origins)}o"
     if args.html_dir:
@@ -286,7 +290,7 @@ async def one_cell(
     """A cell's closed-loop runs, then its paced runs at shares of their median peak."""
     (edus, pushes), users, origins = cell
     shape = f"{edus}x{pushes}"
-    cap = first_count(shape, args.seconds, len(origins))
+    cap = first_count(target_name, shape, args.seconds, len(origins))
     base = LoadSettings(
         origins=len(origins), users_per_origin=args.users_per_origin, edus_per_txn=edus,
         pushes_per_edu=pushes, users=users, rate=args.rate, duration_s=args.seconds,
@@ -318,7 +322,7 @@ async def one_cell(
         if asked <= 0:
             print(f"  paced {share} %: skipped, no peak measured", flush=True)
             continue
-        seconds = args.paced_seconds or min(args.seconds, DEFAULT_PACED_SECONDS)
+        seconds = paced_seconds(args)
         settings = replace(
             base, rate=asked, duration_s=seconds, count=paced_count(asked, seconds, len(origins))
         )
@@ -342,7 +346,7 @@ async def measure(
     with fewer origins uses the first of them, so an origin's key is never
     rotated under its name and warm users stay the same users.
     """
-    users_kinds = args.users or ["warm"]
+    users_kinds = args.users
     async with serving_origins(max(args.origins), SystemClock(), tls.cert, tls.key) as pool:
         for shape, users, count in itertools.product(shapes, users_kinds, args.origins):
             cell = (shape, users, pool[:count])
@@ -431,6 +435,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.origins = args.origins or [16]
     args.target = args.target or ["worker"]
+    args.users = args.users or ["warm"]
+    args.shape = args.shape or ["1x1", "1x50", "100x1"]
     for name in ("runs", "paced_runs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -439,21 +445,26 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def plan_of(args: argparse.Namespace, shapes: list[tuple[int, int]]) -> Plan:
-    seconds = args.paced_seconds or min(args.seconds, DEFAULT_PACED_SECONDS)
+def plan_of(args: argparse.Namespace) -> Plan:
     return Plan(
-        targets=args.target, cells=len(shapes) * len(args.users or ["warm"]) * len(args.origins),
-        runs=args.runs, seconds=args.seconds,
+        targets=args.target, shapes=args.shape, users=args.users, origins=args.origins,
+        runs=args.runs, seconds=args.seconds, paced=args.paced or [],
+        paced_runs=args.paced_runs, paced_seconds=paced_seconds(args),
         paced_targets=["worker", "synapse"] if args.paced_synapse else ["worker"],
-        paced_points=len(args.paced or []), paced_runs=args.paced_runs, paced_seconds=seconds,
+        synapse_runs=args.synapse_runs, users_per_origin=args.users_per_origin,
+        ceiling=not args.no_ceiling,
     )  # fmt: skip
+
+
+def paced_seconds(args: argparse.Namespace) -> float:
+    return float(args.paced_seconds or min(args.seconds, DEFAULT_PACED_SECONDS))
 
 
 def main() -> None:
     args = parse_args()
-    shapes = [parse_shape(s) for s in (args.shape or ["1x1", "1x50", "100x1"])]
-    estimate = estimate_wall_s(plan_of(args, shapes))
-    print(f"estimated wall time: ~{estimate / 60:.0f} min (summary.estimate_wall_s)", flush=True)
+    shapes = [parse_shape(s) for s in args.shape]
+    estimate = estimate_wall_s(plan_of(args))
+    print(f"estimated wall time: ~{estimate / 60:.0f} min (loadtest.grid)", flush=True)
     if args.estimate:
         return
     python = synapse_python(args.synapse_python) if "synapse" in args.target else ""

@@ -1,4 +1,4 @@
-"""A benchmark's runs summed up (pure): medians per cell, paced rates, markdown tables.
+"""A benchmark's runs summed up (pure): medians per cell, markdown tables.
 
 ``bench/bench_ingest.py`` measures a grid of *cells*, one per target
 (``worker``, ``synapse``), shape (``1x50``), user kind (warm, cold) and
@@ -10,18 +10,15 @@ side by side, with their ratio and the load client's own CPU and ceiling)
 and a paced-latency table, each a median over runs with every run's figures
 listed below it.
 
-It also decides how many transactions a run pre-signs (``first_count``,
-``next_count``, ``paced_count``): enough that the run ends at its duration,
-not at its count, without signing many times more than a slow target (e.g.
-Synapse at 100x1) can take, since signing is wall time outside the timed
-part. And it estimates a whole invocation's wall time before it starts.
+A paced run *held* its rate when it achieved nearly all of it and most of
+its transactions left when due (``RunResult.send_lag_ms``); when it did not,
+``shortfall_note`` says how many in flight the rate would have needed.
 
 No I/O and no clock: figures in, text out.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,13 +29,6 @@ CLOSED, PACED = "closed", "paced"
 # most of its transactions left on time (a lane was free when one was due).
 HELD_FRACTION = 0.95
 HELD_SEND_LAG_P50_MS = 1.0
-# First closed-loop run of a cell: a cap above any rate seen on this machine kind.
-MAX_PUSHES_PER_S = 120_000
-MAX_TXN_PER_S = 6_000
-# Later runs: the best rate seen in the cell times this margin.
-COUNT_MARGIN = 1.6
-# Paced runs: the asked rate times this margin (some lanes finish their share early).
-PACED_MARGIN = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,35 +95,6 @@ class RunRecord:
         }
 
 
-# --- counts and rates ------------------------------------------------------------
-
-
-def pushes_per_txn(shape: str) -> int:
-    edus, _, pushes = shape.partition("x")
-    return int(edus) * int(pushes)
-
-
-def first_count(shape: str, seconds: float, origins: int) -> int:
-    """Transactions for a cell's first closed-loop run: above any rate seen here."""
-    ceiling = min(MAX_TXN_PER_S, MAX_PUSHES_PER_S / pushes_per_txn(shape))
-    return max(2 * origins, math.ceil(ceiling * seconds))
-
-
-def next_count(best_txn_per_s: float, seconds: float, origins: int, cap: int) -> int:
-    """Transactions for a later closed-loop run: the best rate so far, with a margin."""
-    return min(cap, max(2 * origins, math.ceil(best_txn_per_s * COUNT_MARGIN * seconds)))
-
-
-def paced_rate(peak_txn_per_s: float, percent: int) -> float:
-    """The open-loop rate at ``percent`` % of a measured peak (transactions/s)."""
-    return peak_txn_per_s * percent / 100
-
-
-def paced_count(rate: float, seconds: float, origins: int) -> int:
-    """Transactions for an open-loop run at ``rate``: its duration's worth, and a margin."""
-    return max(2 * origins, math.ceil(rate * seconds * PACED_MARGIN))
-
-
 def held(record: RunRecord) -> bool:
     """Whether an open-loop run kept to its schedule with one transaction in flight per origin."""
     asked = record.asked_txn_per_s
@@ -162,42 +123,6 @@ def shortfall_note(record: RunRecord) -> str | None:
         f"{answer_ms:,.1f} ms the rate needs ~{need:,.1f} in flight on average, "
         f"{record.origins} origins allow {record.origins} (bursts need more)"
     )
-
-
-# --- the wall time of an invocation --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What one invocation will run (for ``estimate_wall_s``)."""
-
-    targets: Sequence[str]
-    cells: int  # shapes x user kinds x origin counts
-    runs: int
-    seconds: float
-    paced_targets: Sequence[str]
-    paced_points: int
-    paced_runs: int
-    paced_seconds: float
-    # Per-run cost outside the timed part (discovery, priming, signing), seconds.
-    overhead_s: float = 3.0
-    # The first closed run of each cell also measures the client's ceiling.
-    ceiling_s: float = 3.0
-    # Per target: start (Synapse generates its config first), stop.
-    worker_start_s: float = 3.0
-    synapse_start_s: float = 20.0
-
-
-def estimate_wall_s(plan: Plan) -> float:
-    """A rough wall time of the invocation, in seconds (its runs end at their duration)."""
-    total = 0.0
-    for target in plan.targets:
-        total += plan.synapse_start_s if target == "synapse" else plan.worker_start_s
-        total += plan.cells * (plan.runs * (plan.seconds + plan.overhead_s) + plan.ceiling_s)
-        if target in plan.paced_targets:
-            runs = plan.paced_points * plan.paced_runs
-            total += plan.cells * runs * (plan.paced_seconds + plan.overhead_s)
-    return total
 
 
 # --- tables ------------------------------------------------------------------------
