@@ -57,7 +57,7 @@ PACED_MARGIN = 1.1
 SIGN_US_FIXED, SIGN_US_PER_PUSH, SIGN_US_PER_EDU = 50.0, 1.5, 1.5
 RUN_FIXED_S = 0.3  # discovery, connects
 NOOP_TXN_PER_S = 30_000  # the client against the no-op server (the ceiling run)
-START_S = {"worker": 3.0, "synapse": 20.0}
+START_S = {"worker": 3.0, "synapse": 8.0}
 
 
 def parse_shape(shape: str) -> tuple[int, int]:
