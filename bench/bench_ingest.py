@@ -249,8 +249,8 @@ async def one_run(
     mode = run.mode if run.percent is None else f"paced {run.percent} %"
     label = f"{shape}-{settings.users}-{len(origins)}o"
     if args.html_dir:
-        page = args.html_dir / f"{run.target_name}-{label}-{mode.replace(' %', '')}-{run.index + 1}"
-        page.with_suffix(".html").write_text(report.as_html(), encoding="utf-8")
+        page = f"{run.target_name}-{label}-{run.mode}{run.percent or ''}-{run.index + 1}.html"
+        (args.html_dir / page).write_text(report.as_html(), encoding="utf-8")
     ceiling = "ceiling not measured"
     if record.ceiling_txn_per_s is not None:
         limited = ", CLIENT-LIMITED" if report.client_limited else ""
@@ -460,6 +460,50 @@ def paced_seconds(args: argparse.Namespace) -> float:
     return float(args.paced_seconds or min(args.seconds, DEFAULT_PACED_SECONDS))
 
 
+def print_tables(records: list[RunRecord], rate: float | None) -> None:
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    if rate is None:
+        print("\n## Closed loop (medians; one transaction in flight per origin)\n")
+    else:
+        print(f"\n## Open loop at {rate:,.0f} txn/s (medians; one in flight per origin)\n")
+    print(closed_table(records))
+    if any(r.mode == PACED for r in records):
+        print("\n## Paced (open loop at shares of each cell's closed-loop median)\n")
+        print(paced_table(records))
+
+
+def run_target(
+    target_name: str,
+    workdir: Path,
+    ca_file: Path,
+    tls: TlsFiles,
+    python: str,
+    shapes: list[tuple[int, int]],
+    args: argparse.Namespace,
+    recorder: Recorder,
+) -> None:
+    """Start one target pinned to its core, measure every cell against it, stop it."""
+    port = free_port()
+    target = Target(False, "127.0.0.1", port)
+    if target_name == "worker":
+        config = write_worker_config(workdir, port, ca_file, args.synchronous)
+        process = start_worker(config, args.server_core, args.py_spy)
+        try:
+            wait_healthy(port)
+            _measure(process, target_name, target, shapes, args, tls, recorder)
+        finally:
+            # py-spy writes its profile when interrupted; the worker gets SIGINT.
+            stop(process, signal.SIGINT if args.py_spy else signal.SIGTERM)
+        return
+    config = write_synapse_config(python, workdir / "synapse", port)
+    process = start_synapse(python, config, args.server_core, workdir / "synapse.log")
+    try:
+        wait_synapse(port, process)
+        _measure(process, target_name, target, shapes, args, tls, recorder)
+    finally:
+        stop(process)
+
+
 def main() -> None:
     args = parse_args()
     shapes = [parse_shape(s) for s in args.shape]
@@ -472,41 +516,20 @@ def main() -> None:
         os.sched_setaffinity(0, {int(args.client_core)})
     print(f"load average before: {os.getloadavg()}", flush=True)
     recorder = Recorder(args.json_out, sys.argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
-        ca_file, cert_file, key_file = (workdir / n for n in ("ca.pem", "cert.pem", "key.pem"))
-        ca.cert_pem.write_to_path(str(ca_file))
-        cert.cert_chain_pems[0].write_to_path(str(cert_file))
-        cert.private_key_pem.write_to_path(str(key_file))
-        tls = TlsFiles(cert_file, key_file)
-        for target_name in args.target:
-            port = free_port()
-            target = Target(False, "127.0.0.1", port)
-            if target_name == "worker":
-                config = write_worker_config(workdir, port, ca_file, args.synchronous)
-                process = start_worker(config, args.server_core, args.py_spy)
-                try:
-                    wait_healthy(port)
-                    _measure(process, target_name, target, shapes, args, tls, recorder)
-                finally:
-                    # py-spy writes its profile when interrupted; the worker gets SIGINT.
-                    stop(process, signal.SIGINT if args.py_spy else signal.SIGTERM)
-            else:
-                config = write_synapse_config(python, workdir / "synapse", port)
-                process = start_synapse(python, config, args.server_core, workdir / "synapse.log")
-                try:
-                    wait_synapse(port, process)
-                    _measure(process, target_name, target, shapes, args, tls, recorder)
-                finally:
-                    stop(process)
-    print(f"load average after: {os.getloadavg()}", flush=True)
-    print("\n## Closed loop (medians; one transaction in flight per origin)\n")
-    print(closed_table(recorder.records))
-    if any(r.mode == PACED for r in recorder.records):
-        print("\n## Paced (open loop at shares of each cell's closed-loop median)\n")
-        print(paced_table(recorder.records))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1", "localhost")
+            ca_file, cert_file, key_file = (workdir / n for n in ("ca.pem", "cert.pem", "key.pem"))
+            ca.cert_pem.write_to_path(str(ca_file))
+            cert.cert_chain_pems[0].write_to_path(str(cert_file))
+            cert.private_key_pem.write_to_path(str(key_file))
+            tls = TlsFiles(cert_file, key_file)
+            for name in args.target:
+                run_target(name, workdir, ca_file, tls, python, shapes, args, recorder)
+    finally:  # what was measured is shown even if a target failed part way
+        print_tables(recorder.records, args.rate)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,12 @@ def _runs_line(label: str, records: Sequence[RunRecord]) -> str:
         f"{each(lambda r: f'{r.cpu_us_per_txn:,.0f}')} µs/txn",
         f"client CPU {each(lambda r: percent(r.client_cpu_share))} %",
     ]
+    if any(r.asked_txn_per_s is not None for r in records):
+        parts.insert(0, f"asked {each(lambda r: rate(r.asked_txn_per_s or 0.0))} txn/s")
+        parts.append(
+            f"sent after due p50 {each(lambda r: ms(r.send_lag_p50_ms))} ms, "
+            f"p99 {each(lambda r: ms(r.send_lag_p99_ms))} ms"
+        )
     ceilings = [r.ceiling_txn_per_s for r in records if r.ceiling_txn_per_s is not None]
     if ceilings:
         parts.append("ceiling " + " / ".join(rate(c) for c in ceilings) + " txn/s")

@@ -201,6 +201,7 @@ def test_the_paced_table_has_a_row_per_point_and_flags_a_point_not_held() -> Non
     most = _row(table, "| worker | 1×1 | warm | 16 | 90 % |")
     assert most[-1].startswith("**no**")
     assert "note: did not hold 1,800 txn/s" in table
+    assert "- worker 1×1 warm 16 origins at 90 %: asked 1,800 txn/s; txn/s 1,500;" in table
     assert "| worker | 1×1 | warm | 16 | None" not in table  # the closed run is not a row
 
 
