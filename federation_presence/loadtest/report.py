@@ -62,6 +62,12 @@ class LoadReport:
             "p90_ms": round(result.percentile_ms(0.9), 2),
             "p99_ms": round(result.percentile_ms(0.99), 2),
             "max_ms": round(max(result.latencies_ms, default=0.0), 2),
+            "mean_ms": round(result.mean_ms, 2),
+            "send_lag_mean_ms": round(
+                sum(result.send_lag_ms) / len(result.send_lag_ms) if result.send_lag_ms else 0.0, 2
+            ),
+            "send_lag_p50_ms": round(percentile(result.send_lag_ms, 0.5), 2),
+            "send_lag_p99_ms": round(percentile(result.send_lag_ms, 0.99), 2),
             "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
             "throttled_429": result.throttled,
             "retry_after_ms_total": result.retry_after_ms_total,
@@ -89,6 +95,12 @@ class LoadReport:
     def as_text(self) -> str:
         data = self.as_json()
         version = self.version.get("server", {})
+        lag = (
+            f"; sent after it was due (open loop): p50 {data['send_lag_p50_ms']} ms, "
+            f"p99 {data['send_lag_p99_ms']} ms"
+            if self.result.send_lag_ms
+            else ""
+        )
         lines = [
             f"target {self.target} ({self.server_name}: "
             f"{version.get('name', '?')} {version.get('version', '?')})",
@@ -96,7 +108,7 @@ class LoadReport:
             f"{data['transactions_ok']:,} transactions answered 200 in {data['elapsed_s']} s: "
             f"{data['txn_per_s']:,.1f} txn/s, {data['pushes_per_s']:,.1f} pushes/s",
             f"latency p50 {data['p50_ms']} ms, p90 {data['p90_ms']} ms, "
-            f"p99 {data['p99_ms']} ms, max {data['max_ms']} ms",
+            f"p99 {data['p99_ms']} ms, max {data['max_ms']} ms{lag}",
             f"statuses {data['statuses']}; 429s honoured: {data['throttled_429']} "
             f"(waited {data['retry_after_ms_total']} ms in all); errors {data['errors'] or 'none'}",
             self._ceiling_line(),

@@ -12,7 +12,9 @@ Pacing: closed loop by default (each lane sends its next transaction when
 the previous is answered). With ``rate`` (transactions/s) the run is open
 loop: transaction ``i`` is due at ``start + i / rate`` whatever the target
 does, and its latency is counted from when it was due, so a slow target
-shows as latency (and a backlog), not as a slower client.
+shows as latency (and a backlog), not as a slower client. How late each
+transaction left (``send_lag_ms``: every lane was still waiting for an
+answer) tells whether the lanes were enough to hold the rate.
 
 A 429 is counted and its transaction sent again after the answer's
 ``retry_after_ms`` (1 s when it has none). Everything is bounded: by the
@@ -60,6 +62,9 @@ class RunResult:
     throttled: int = 0
     retry_after_ms_total: int = 0
     timeline: list[Bucket] = field(default_factory=list)
+    # Open loop only: how long after it was due each transaction was sent (all
+    # lanes busy: the schedule slipped; one in flight per origin was too few).
+    send_lag_ms: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -67,6 +72,10 @@ class RunResult:
 
     def percentile_ms(self, fraction: float) -> float:
         return percentile(self.latencies_ms, fraction)
+
+    @property
+    def mean_ms(self) -> float:
+        return sum(self.latencies_ms) / len(self.latencies_ms) if self.latencies_ms else 0.0
 
     def bucket(self, second: int) -> Bucket:
         while len(self.timeline) <= second:
@@ -206,7 +215,7 @@ async def send_requests(
         due = started + next_ticket / rate
         next_ticket += 1
         wait_ms = int((due - clock.monotonic()) * 1000)
-        if wait_ms > 0:
+        if wait_ms > 0 and due < deadline:  # a ticket due after the end is not waited for
             await clock.sleep_ms(wait_ms)
         return due
 
@@ -232,6 +241,10 @@ async def send_requests(
         try:
             for request in requests:
                 due = await due_time()
+                if due >= deadline:
+                    return
+                if rate is not None:
+                    result.send_lag_ms.append(max(0.0, (clock.monotonic() - due) * 1000))
                 while clock.monotonic() < deadline:
                     if stream is None:
                         try:

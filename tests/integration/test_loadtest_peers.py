@@ -7,6 +7,7 @@ as a slower client; a recording peer shows what the probe sends.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -24,7 +25,12 @@ SLOW_MS = 100
 REQUEST = b"PUT /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
 
 
-async def _answer(send: Any, status: int, body: bytes) -> None:
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Scope]]
+Send = Callable[[Scope], Awaitable[None]]
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -35,7 +41,7 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers every request 200, each after SLOW_MS."""
     if scope["type"] != "http":
         return
@@ -63,6 +69,47 @@ async def test_open_loop_shows_a_slow_target_as_latency(certificates: TlsCertifi
     assert result.latencies_ms == sorted(result.latencies_ms)
 
 
+async def test_open_loop_records_how_late_each_transaction_left(
+    certificates: TlsCertificates,
+) -> None:
+    # One lane, 5 transactions due every 20 ms, 100 ms per answer: the 5th
+    # leaves after 4 answers (>= 400 ms) though it was due at 80 ms.
+    async with serve_tls(slow_app, certificates) as peer:
+        result = await send_requests(
+            "localhost",
+            peer.port,
+            [[REQUEST] * 5],
+            SystemClock(),
+            duration_s=30,
+            ssl_context=_context(certificates),
+            rate=50.0,
+        )
+    assert len(result.send_lag_ms) == 5
+    assert result.send_lag_ms == sorted(result.send_lag_ms)
+    assert result.send_lag_ms[-1] >= 4 * SLOW_MS - 4 * 20
+
+
+async def test_open_loop_does_not_wait_for_transactions_due_after_the_end(
+    certificates: TlsCertificates,
+) -> None:
+    # Three lanes at 0.5/s for 0.5 s: only the first transaction is due in the
+    # run; the others (due at 2 s and 4 s) are not waited for, so the run does
+    # not last until 4 s.
+    async with serve_tls(slow_app, certificates) as peer:
+        result = await send_requests(
+            "localhost",
+            peer.port,
+            [[REQUEST] * 2, [REQUEST] * 2, [REQUEST] * 2],
+            SystemClock(),
+            duration_s=0.5,
+            ssl_context=_context(certificates),
+            rate=0.5,
+        )
+    assert result.ok == 1
+    assert len(result.send_lag_ms) == 1
+    assert result.elapsed_s < 2.0
+
+
 async def test_closed_loop_counts_latency_from_the_send(certificates: TlsCertificates) -> None:
     async with serve_tls(slow_app, certificates) as peer:
         result = await send_requests(
@@ -76,6 +123,7 @@ async def test_closed_loop_counts_latency_from_the_send(certificates: TlsCertifi
     assert result.ok == 3
     # Each from its own send (no backlog to carry): all at least the target's time.
     assert min(result.latencies_ms) >= SLOW_MS
+    assert result.send_lag_ms == []  # nothing is "due" in a closed loop
 
 
 def _context(certificates: TlsCertificates) -> ssl.SSLContext:
@@ -90,7 +138,7 @@ async def test_the_probe_asks_for_keys_and_version_without_signing(
     seen: list[tuple[str, bool]] = []
     name = ""
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         headers = dict(scope["headers"])
