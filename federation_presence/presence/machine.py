@@ -105,7 +105,7 @@ from federation_presence.presence.model import (
     StateChange,
     UserPresence,
 )
-from federation_presence.presence.notify import notify_reason
+from federation_presence.presence.notify import new_user_reason, notify_reason
 from federation_presence.presence.remote import (
     after_federation_timeout,
     federation_timeout_deadline,
@@ -389,7 +389,7 @@ class PresenceMachine:
             # notify.notify_reason, inlined for the same reason.
             reason: NotifyReason | None
             if prev is None:
-                reason = notify_reason(None, new, granularity)
+                reason = new_user_reason(new, granularity)
             elif prev.state is not new.state:
                 reason = _PRESENCE
             elif prev.status_msg != new.status_msg:

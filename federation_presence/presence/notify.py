@@ -22,6 +22,7 @@ Invariant: if the reason is None, ``presence``, ``status_msg`` and
 from __future__ import annotations
 
 from federation_presence.presence.model import NotifyReason, UserPresence
+from federation_presence.presence.states import PresenceState
 
 
 def notify_reason(
@@ -29,9 +30,7 @@ def notify_reason(
 ) -> NotifyReason | None:
     """Why ``new`` must be notified given the last state ``prev``, or None."""
     if prev is None:
-        if notify_reason(UserPresence(new.user_id), new, last_active_granularity_ms) is None:
-            return None
-        return NotifyReason.NEW_USER
+        return new_user_reason(new, last_active_granularity_ms)
     if prev.state is not new.state:
         return NotifyReason.PRESENCE
     if prev.status_msg != new.status_msg:
@@ -44,3 +43,20 @@ def notify_reason(
     ):
         return NotifyReason.LAST_ACTIVE
     return None
+
+
+def new_user_reason(new: UserPresence, last_active_granularity_ms: int) -> NotifyReason | None:
+    """``notify_reason`` of a user seen for the first time.
+
+    ``NEW_USER``, unless ``new`` would raise no reason against the default
+    state (offline, no status, never active): the rule above, spelt out, so
+    that a push naming a new user costs no default state to compare with.
+    """
+    if (
+        new.state is PresenceState.OFFLINE
+        and new.status_msg is None
+        and not new.currently_active
+        and new.last_active_ts <= last_active_granularity_ms
+    ):
+        return None
+    return NotifyReason.NEW_USER

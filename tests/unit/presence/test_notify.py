@@ -98,3 +98,18 @@ def test_a_bump_while_currently_active_is_never_told_for_its_last_active(
 ) -> None:
     if new.currently_active:
         assert notify_reason(prev, new, GRANULARITY) is not NotifyReason.LAST_ACTIVE
+
+
+@given(
+    new=_users,
+    last_active_ts=st.sampled_from([0, 1, GRANULARITY - 1, GRANULARITY, GRANULARITY + 1]),
+)
+def test_a_first_sight_is_judged_as_a_change_from_the_default_state(
+    new: UserPresence, last_active_ts: int
+) -> None:
+    # The spelt-out first-sight rule agrees with the rule itself applied to
+    # the default state, including at the granularity's edge.
+    new = replace(new, last_active_ts=last_active_ts)
+    against_default = notify_reason(UserPresence(new.user_id), new, GRANULARITY)
+    expected = None if against_default is None else NotifyReason.NEW_USER
+    assert notify_reason(None, new, GRANULARITY) is expected
