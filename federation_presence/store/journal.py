@@ -50,6 +50,7 @@ PAYLOAD_FORMAT = 1
 DEFAULT_MAX_CHANGES = 500_000
 DEFAULT_FOLD_CHANGES = 20_000
 DEFAULT_FOLD_WRITES = 2_000
+DEFAULT_SIZE_FOLD_MIN = 1_000
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -75,16 +76,42 @@ class JournalLimits:
     start. ``fold_changes`` / ``fold_writes``: one fold reads at most this
     many journal rows and writes at most this many table rows (a single entry
     above either is still folded alone), which bounds how long a fold holds
-    the writer.
+    the writer. ``size_fold_min``: the least a size-triggered fold takes
+    (``size_fold``).
     """
 
     max_changes: int = DEFAULT_MAX_CHANGES
     fold_changes: int = DEFAULT_FOLD_CHANGES
     fold_writes: int = DEFAULT_FOLD_WRITES
+    size_fold_min: int = DEFAULT_SIZE_FOLD_MIN
 
     def __post_init__(self) -> None:
-        if self.max_changes < 0 or self.fold_changes < 1 or self.fold_writes < 1:
+        if (
+            self.max_changes < 0
+            or self.fold_changes < 1
+            or self.fold_writes < 1
+            or self.size_fold_min < 1
+        ):
             raise ValueError(f"journal limits must be positive: {self!r}")
+
+    def size_fold(self, excess: int) -> JournalLimits:
+        """The bounds of a fold run because the journal holds ``excess`` rows too many.
+
+        About twice the excess (at least ``size_fold_min``, at most a full
+        chunk): the store folds one such chunk after each group commit while
+        over the limit, so the journal comes back under it within a round or
+        two, and no fold holds the writer much longer than a group commit
+        does. A full chunk (20,000 rows, up to ~40 ms) after every few
+        hundred milliseconds of steady ingest was the worst 1 % of its
+        latency (BENCHMARKS.md, issue 18).
+        """
+        rows = max(self.size_fold_min, 2 * excess)
+        return JournalLimits(
+            self.max_changes,
+            min(self.fold_changes, rows),
+            min(self.fold_writes, rows),
+            self.size_fold_min,
+        )
 
 
 @dataclass(frozen=True, slots=True)

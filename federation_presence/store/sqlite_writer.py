@@ -257,7 +257,10 @@ class SqliteWriter:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._sync()
-                last = index.chunk(self.limits)
+                limits = self.limits
+                if trigger is FoldTrigger.SIZE:
+                    limits = limits.size_fold(index.changes - limits.max_changes)
+                last = index.chunk(limits)
                 if last is None:
                     conn.execute("COMMIT")
                     return None
