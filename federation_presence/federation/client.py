@@ -56,7 +56,7 @@ from federation_presence.federation.outbound_http import (
     read_bounded,
 )
 from federation_presence.federation.resolver import DestinationResolver, ResolvedDestination
-from federation_presence.federation.xmatrix import authorization_header
+from federation_presence.federation.xmatrix import CanonicalJson, authorization_header
 
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -233,7 +233,10 @@ class FederationClient:
     ) -> httpx.Request:
         headers = {"Host": resolved.host_header, "Accept": "application/json"}
         content: bytes | None = None
-        if body is not None:
+        if isinstance(body, CanonicalJson):
+            content = body.data  # encoded once by the caller; signed around below
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
             try:
                 content = orjson.dumps(body)
             except TypeError as exc:

@@ -60,6 +60,14 @@ durable counter in the store (``Store.next_txn_id``), taken once per process
 and destination, ``n`` counts in memory. Unique per destination across
 restarts, one store write per destination per process, none per send.
 
+Encoding once: a change routed to many destinations is the same
+``UserPresence`` object in each of their queues; ``edu.PushEncodings``
+encodes it to canonical JSON once (its ``last_active_ago`` is written in at
+each transaction's own ``now``, so it is exact), and each destination joins
+the pieces into its body (``edu.transaction_bytes``), which the client sends
+as it is and signs around (``xmatrix.CanonicalJson``). A destination's own
+cost is the join, the signature and the HTTP request.
+
 Sharding: a destination is handled only by the instance ``sharding.owner``
 names; others ignore it.
 """
@@ -79,7 +87,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from federation_presence.clock import Clock
 from federation_presence.errors import StoreError, UpstreamError
 from federation_presence.federation.client import DestinationError
-from federation_presence.federation.edu import presence_edus, transaction_body
+from federation_presence.federation.edu import PushEncodings, transaction_bytes
 from federation_presence.ids import ServerName, UserId
 from federation_presence.outbound.backoff import retry_delay_ms
 from federation_presence.outbound.keepalive import KeepAliveSchedule
@@ -158,6 +166,7 @@ class OutboundSender:
         self._keepalive_until: int | None = None
         self._keepalive_scope: anyio.CancelScope | None = None
         self._destinations: dict[ServerName, _Destination] = {}
+        self._encodings = PushEncodings()
         self._position = 0
         self._stored_position = 0
         self._tg: TaskGroup | None = None
@@ -358,8 +367,12 @@ class OutboundSender:
         try:
             txn_id = await self._next_txn_id(target)
             now = self._clock.now_ms()
-            body = transaction_body(
-                self._server_name, now, presence_edus(users, now, settings.pushes_per_edu)
+            encodings = self._encodings
+            body = transaction_bytes(
+                self._server_name,
+                now,
+                [encodings.get(user) for user in users],
+                settings.pushes_per_edu,
             )
             path = f"/_matrix/federation/v1/send/{quote(txn_id, safe='')}"
             with anyio.fail_after(settings.transaction_timeout_ms / 1000):

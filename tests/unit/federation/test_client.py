@@ -21,8 +21,12 @@ from unpaddedbase64 import decode_base64
 
 from federation_presence.errors import UpstreamError
 from federation_presence.federation.client import DestinationError, FederationClient
+from federation_presence.federation.edu import encode_push, transaction_bytes
 from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.xmatrix import parse_authorization, signed_request_bytes
+from federation_presence.ids import UserId
+from federation_presence.presence.model import UserPresence
+from federation_presence.presence.states import PresenceState
 from tests.fakes import FakeClock
 
 ORIGIN = "origin.example"
@@ -180,6 +184,18 @@ async def test_a_path_needing_escapes_is_signed_as_it_goes_on_the_wire(
     await client.put_json("remote.example:8448", "/_matrix/federation/v1/send/t x", {})
     (request,) = peer.requests
     assert request.url.raw_path == b"/_matrix/federation/v1/send/t%20x"
+    verify_x_matrix(request, signing_key, "remote.example:8448")
+
+
+async def test_a_canonical_body_goes_out_byte_for_byte_and_its_signature_verifies(
+    client: FederationClient, peer: FakePeer, signing_key: SigningKey
+) -> None:
+    users = [UserPresence(UserId("@é:origin.example"), PresenceState.ONLINE, 5, "hi", True)]
+    body = transaction_bytes(ORIGIN, 1_000, [encode_push(u) for u in users])
+    await client.put_json("remote.example:8448", "/_matrix/federation/v1/send/8", body)
+    (request,) = peer.requests
+    assert request.content == body.data  # sent as given: no second encoding
+    assert request.headers["content-type"] == "application/json"
     verify_x_matrix(request, signing_key, "remote.example:8448")
 
 
