@@ -40,7 +40,7 @@ import httpx
 import orjson
 
 from federation_presence.clock import SystemClock
-from federation_presence.federation.client import FederationClient
+from federation_presence.federation.client import FederationClient, RequestTimeouts
 from federation_presence.federation.resolver import ResolvedDestination
 from federation_presence.federation.signing_keys import generate_signing_key
 from federation_presence.federation.xmatrix import CanonicalJson, authorization_header
@@ -119,7 +119,9 @@ class RecordingClient:
         self.key = generate_signing_key()
         self.stamps = stamps
 
-    async def put_json(self, destination: str, path: str, body: Any) -> dict[str, Any]:
+    async def put_json(
+        self, destination: str, path: str, body: Any, *, timeouts: RequestTimeouts
+    ) -> dict[str, Any]:
         assert isinstance(body, CanonicalJson)
         authorization_header(self.key, "PUT", path, HERE, destination, body)
         self.stamps.stamp(destination, body.data)

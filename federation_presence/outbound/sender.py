@@ -22,6 +22,12 @@ a transaction is built, against what *that destination* last acknowledged.
 No destination waits for another: there is no shared send loop, each one's
 linger is its own timer and a hanging destination only holds its own task.
 
+Timeouts: the client bounds each transaction as a whole (resolution,
+connect, send, answer: ``transaction_timeout_ms``), its connect (TCP and
+TLS: ``connect_timeout_ms``) and each socket read or write
+(``read_timeout_ms``); the last two default to the client's own
+(``federation.request_timeout``). A timeout is a failure like any other.
+
 Failure: anything but a 200 with a transaction answer (``{"pdus": {...}}``)
 puts the transaction's users back (newer states win) and arms the
 destination's retry timer (``backoff.retry_delay_ms``: exponential, jitter,
@@ -86,7 +92,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from federation_presence.clock import Clock
 from federation_presence.errors import StoreError, UpstreamError
-from federation_presence.federation.client import DestinationError
+from federation_presence.federation.client import DestinationError, RequestTimeouts
 from federation_presence.federation.edu import PushEncodings, transaction_bytes
 from federation_presence.ids import ServerName, UserId
 from federation_presence.outbound.backoff import retry_delay_ms
@@ -113,9 +119,11 @@ _SHOWN_CHARS = 300
 
 
 class TransactionClient(Protocol):
-    """What the sender needs of ``FederationClient``: one signed PUT."""
+    """What the sender needs of ``FederationClient``: one signed PUT within ``timeouts``."""
 
-    async def put_json(self, destination: str, path: str, body: object) -> dict[str, Any]: ...
+    async def put_json(
+        self, destination: str, path: str, body: object, *, timeouts: RequestTimeouts
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(eq=False)
@@ -167,6 +175,11 @@ class OutboundSender:
         self._keepalive_scope: anyio.CancelScope | None = None
         self._destinations: dict[ServerName, _Destination] = {}
         self._encodings = PushEncodings()
+        self._timeouts = RequestTimeouts(
+            connect_ms=settings.connect_timeout_ms,
+            read_ms=settings.read_timeout_ms,
+            total_ms=settings.transaction_timeout_ms,
+        )
         self._position = 0
         self._stored_position = 0
         self._tg: TaskGroup | None = None
@@ -375,8 +388,7 @@ class OutboundSender:
                 settings.pushes_per_edu,
             )
             path = f"/_matrix/federation/v1/send/{quote(txn_id, safe='')}"
-            with anyio.fail_after(settings.transaction_timeout_ms / 1000):
-                answer = await self._client.put_json(destination, path, body)
+            answer = await self._client.put_json(destination, path, body, timeouts=self._timeouts)
             if not isinstance(answer.get("pdus"), dict):
                 raise DestinationError(
                     destination, f"200 is not a transaction answer: {str(answer)[:_SHOWN_CHARS]}"
