@@ -14,13 +14,20 @@ however long it stays down.
 Each destination with something owed has one task of its own (a child of the
 sender's task group; it ends when its queue is empty). The task lingers
 ``linger_ms`` once when it starts, so a burst of changes leaves as one
-transaction, then sends what is owed, at most ``max_pushes_per_transaction``
-users (split into EDUs of ``pushes_per_edu``) per transaction and one
+transaction. Destinations woken within ``LINGER_JOIN_MS`` of each other (a
+change routed to many: one stream batch) share one linger window: one timer
+(kept by the first one's task) ends it for all of them at once, so they
+build and send back to back in one turn of the event loop, before any of
+their answers is handled, instead of on timers a few µs apart that let
+earlier destinations' answers cut in. Then each sends what is owed, at
+most ``max_pushes_per_transaction`` users (split into EDUs of
+``pushes_per_edu``) per transaction and one
 transaction in flight: while it is in flight, updates coalesce in the queue
 and leave together right after it. Suppression is decided by the queue when
 a transaction is built, against what *that destination* last acknowledged.
-No destination waits for another: there is no shared send loop, each one's
-linger is its own timer and a hanging destination only holds its own task.
+No destination waits for another's I/O: there is no shared send loop, a
+shared linger ends on its timer whatever the destinations do, and a hanging
+destination only holds its own task.
 
 Timeouts: the client bounds each transaction as a whole (resolution,
 connect, send, answer: ``transaction_timeout_ms``), its connect (TCP and
@@ -114,6 +121,7 @@ STREAM_WAIT_S = 30.0
 POSITION_FLUSH_MS = 1_000
 ROUTE_RETRY_MS = 5_000
 SHUTDOWN_FLUSH_S = 5.0
+LINGER_JOIN_MS = 2
 REJECTED_STATUSES = frozenset({400, 401, 403, 413})
 _SHOWN_CHARS = 300
 
@@ -139,6 +147,15 @@ class _Destination:
     retry_at: int | None = None
     txn_epoch: int | None = None
     txn_counter: int = 0
+
+
+@dataclass(eq=False)
+class _Linger:
+    """One linger window, shared by the destinations woken within ``LINGER_JOIN_MS``."""
+
+    opened_at: int
+    over: anyio.Event
+    owned: bool = False
 
 
 class OutboundSender:
@@ -175,6 +192,7 @@ class OutboundSender:
         self._keepalive_scope: anyio.CancelScope | None = None
         self._destinations: dict[ServerName, _Destination] = {}
         self._encodings = PushEncodings()
+        self._linger: _Linger | None = None
         self._timeouts = RequestTimeouts(
             connect_ms=settings.connect_timeout_ms,
             read_ms=settings.read_timeout_ms,
@@ -347,19 +365,24 @@ class OutboundSender:
         if target.running or self._tg is None:
             return
         target.running = True
-        self._tg.start_soon(self._run_destination, target, name=f"outbound {target.name}")
+        linger: _Linger | None = None
+        if target.retry_at is None:
+            now = self._clock.now_ms()
+            linger = self._linger
+            if linger is None or now - linger.opened_at > LINGER_JOIN_MS:
+                linger = self._linger = _Linger(now, anyio.Event())
+                linger.owned = True  # this destination's task keeps its time
+        self._tg.start_soon(self._run_destination, target, linger, name=f"outbound {target.name}")
 
-    async def _run_destination(self, target: _Destination) -> None:
+    async def _run_destination(self, target: _Destination, linger: _Linger | None) -> None:
         """Send until ``target`` owes nothing (then end: ``_wake`` starts it again)."""
         try:
-            linger = target.retry_at is None
+            if linger is not None:
+                await self._wait_linger(linger)
             while True:
                 if target.retry_at is not None:
                     await self._clock.sleep_until(target.retry_at)
                     target.retry_at = None
-                elif linger:
-                    await self._clock.sleep_ms(self._settings.linger_ms)
-                linger = False
                 batch = target.queue.take(self._settings.max_pushes_per_transaction)
                 if batch.suppressed:
                     self._metrics.pushes_suppressed.inc(batch.suppressed)
@@ -371,6 +394,18 @@ class OutboundSender:
                 await self._send(target, batch.users)
         finally:
             target.running = False
+
+    async def _wait_linger(self, linger: _Linger) -> None:
+        if linger.owned:
+            linger.owned = False
+            try:
+                await self._clock.sleep_ms(self._settings.linger_ms)
+            finally:
+                if self._linger is linger:
+                    self._linger = None
+                linger.over.set()  # every destination that joined goes now, together
+        else:
+            await linger.over.wait()
 
     async def _send(self, target: _Destination, users: tuple[UserPresence, ...]) -> None:
         settings = self._settings
