@@ -68,6 +68,19 @@ each present local user to the destinations interested in it once per
 interval, each user on its own random phase (injected ``random.Random``), as
 forced entries that suppression does not drop.
 
+Why the sender owns keep-alive and the stream does not carry pings (issue
+15, item 0, decided here): a ping changes nothing, so it has no stream id
+and moves no reader's position; ``/sync`` readers must never see it. To
+reach a sender in another process it would need a store write per user per
+interval, and every instance would read every ping only to drop those of
+destinations it does not own. What a ping needs is sender state: routing at
+ping time (who is interested *now*), a forced entry past the per-destination
+suppression, and a phase per user that stays put across the interval. So
+each sender instance keeps its own schedule of the present local users (it
+sees every local change on the stream, and seeds from the store at start),
+bounded by those users. The core's own ping timer
+(``Outcome.federation_pings``) is not read by anyone for sending.
+
 Transaction ids: ``<prefix><epoch>_<n>``: ``epoch`` is the destination's
 durable counter in the store (``Store.next_txn_id``), taken once per process
 and destination, ``n`` counts in memory. Unique per destination across
