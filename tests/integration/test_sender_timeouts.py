@@ -1,11 +1,12 @@
-"""The sender's own timeouts: connect, each read, the whole transaction.
+"""The sender's own timeouts: connect and each read (the whole transaction's
+is ``test_outbound_sender``'s never-answering destination).
 
 Real HTTPS on loopback, the real worker and client; the peers misbehave on
 purpose. The limits are real time (a second of wall time: sockets
 do not follow the fake clock); everything else (backoff, retry) moves only
 with ``FakeClock.advance``. Each test sets the limit under test short and
-the others long (the 30 s default whole-transaction limit, or the test's
-own), so a failure that names the limit under test was cut by it.
+leaves the others at 30 s, so a failure that names the limit under test was
+cut by it.
 """
 
 from __future__ import annotations
