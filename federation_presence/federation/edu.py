@@ -47,7 +47,11 @@ from federation_presence.ids import (
 )
 from federation_presence.presence.inputs import RemotePush
 from federation_presence.presence.model import UserPresence
-from federation_presence.presence.states import parse_presence, to_federation_wire
+from federation_presence.presence.states import (
+    PresenceState,
+    parse_presence,
+    to_federation_wire,
+)
 from federation_presence.presence.wire import federation_push
 
 MAX_PDUS_PER_TXN = 50
@@ -274,10 +278,12 @@ def encode_push(user: UserPresence) -> EncodedPush:
 
 
 class PushEncodings:
-    """The encoded push of each user's latest state, shared by all destinations.
+    """The encoded push of each present user's latest state, shared by all destinations.
 
-    One entry per user (the state it was made from is kept and compared), so
-    memory is bounded by users; a new state of the user replaces it.
+    One entry per user (the state it was made from is kept and compared); a
+    new state of the user replaces it. Offline states are encoded each time
+    and not kept (their entry is dropped), so memory is bounded by the
+    present users, as the sender's other per-user state is.
     """
 
     def __init__(self) -> None:
@@ -288,9 +294,14 @@ class PushEncodings:
 
     def get(self, user: UserPresence) -> EncodedPush:
         found = self._by_user.get(user.user_id)
-        if found is None or (found.state is not user and found.state != user):
-            found = self._by_user[user.user_id] = encode_push(user)
-        return found
+        if found is not None and (found.state is user or found.state == user):
+            return found
+        encoded = encode_push(user)
+        if user.state is PresenceState.OFFLINE:
+            self._by_user.pop(user.user_id, None)
+        else:
+            self._by_user[user.user_id] = encoded
+        return encoded
 
 
 _EDU_START = b'{"content":{"push":['

@@ -107,6 +107,10 @@ def test_one_encoding_serves_any_send_time_and_a_new_state_replaces_it() -> None
     newer = UserPresence(user.user_id, PresenceState.UNAVAILABLE, NOW - 5_000)
     assert encodings.get(newer).state is newer
     assert len(encodings) == 1
+    # Offline: encoded, not kept (memory is bounded by present users).
+    gone = UserPresence(user.user_id, PresenceState.OFFLINE, NOW - 5_000)
+    assert encodings.get(gone).state is gone
+    assert len(encodings) == 0
 
 
 def test_the_encoded_builder_keeps_the_limits() -> None:
