@@ -2,11 +2,15 @@
 
 What runs: the real keeper (presence machine + SQLite store, synchronous=normal),
 the real presence stream and the real ``OutboundSender`` on the system clock.
-Every local user is routed to every destination. The wire is replaced by a
-recording client that does what ``FederationClient`` does before the socket
-(canonical-JSON X-Matrix signature of the body, orjson encoding) and stamps
-the time: "change-to-wire" is from the keeper's durable write returning to
-that stamp. No TLS or network is involved (measured elsewhere: bench_ingest).
+Every local user is routed to every destination. The wire is replaced by one
+of two clients that stamp the time where the socket would be:
+"change-to-wire" is from the keeper's durable write returning to that stamp.
+``--client recording`` (default) signs (X-Matrix around the already
+canonical body, as ``FederationClient`` does) and stamps;
+``--client federation`` runs the real ``FederationClient`` and httpx client
+on a transport that stamps (adds building the httpx request, the timeouts,
+reading and checking the answer). No TLS or network is involved (measured
+elsewhere: bench_ingest).
 
 Activity mix, per round (every ``--round-ms``): each user with probability
 ``--active`` sends a message (``Activity``: a ``last_active`` bump, suppressed
@@ -32,11 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import orjson
 
 from federation_presence.clock import SystemClock
+from federation_presence.federation.client import FederationClient, RequestTimeouts
+from federation_presence.federation.resolver import ResolvedDestination
 from federation_presence.federation.signing_keys import generate_signing_key
-from federation_presence.federation.xmatrix import authorization_header
+from federation_presence.federation.xmatrix import CanonicalJson, authorization_header
 from federation_presence.ids import DeviceId, ServerName, UserId
 from federation_presence.keeper import PresenceKeeper
 from federation_presence.metrics import Metrics
@@ -65,32 +72,91 @@ class AllDestinations:
         return dict.fromkeys(self.destinations, users)
 
 
-class RecordingClient:
-    """Signs and encodes like ``FederationClient``, then stamps instead of sending."""
+class Stamps:
+    """When each destination's body reached the wire; read after the run.
+
+    Parsing a body to find its users is the benchmark's own work: it happens
+    in ``settle`` (between rounds), never between two destinations' sends,
+    so it does not delay the next destination.
+    """
 
     def __init__(self, changed_at: dict[UserId, float]) -> None:
-        self.key = generate_signing_key()
         self.changed_at = changed_at
+        self.pending: list[tuple[str, float, bytes]] = []
         self.latency_ms: dict[str, list[float]] = {}
         self.transactions = 0
         self.edus = 0
         self.pushes = 0
 
-    async def put_json(self, destination: str, path: str, body: Any) -> dict[str, Any]:
+    def stamp(self, destination: str, data: bytes) -> None:
+        self.pending.append((destination, time.perf_counter(), data))
+
+    def settle(self) -> None:
+        for destination, stamped, data in self.pending:
+            body = orjson.loads(data)
+            self.transactions += 1
+            self.edus += len(body["edus"])
+            samples = self.latency_ms.setdefault(destination, [])
+            for edu in body["edus"]:
+                for push in edu["content"]["push"]:
+                    self.pushes += 1
+                    changed = self.changed_at.get(push["user_id"])
+                    if changed is not None:
+                        samples.append((stamped - changed) * 1000)
+        self.pending.clear()
+
+
+class RecordingClient:
+    """Does what ``FederationClient`` does to a body before the socket, then stamps.
+
+    That is: the X-Matrix signature over the request, made around the
+    already-canonical body (``CanonicalJson``: no encoding, the body goes
+    out as it is). Not done: resolving, building the httpx request, the
+    connection; ``--client federation`` measures those too.
+    """
+
+    def __init__(self, stamps: Stamps) -> None:
+        self.key = generate_signing_key()
+        self.stamps = stamps
+
+    async def put_json(
+        self, destination: str, path: str, body: Any, *, timeouts: RequestTimeouts
+    ) -> dict[str, Any]:
+        assert isinstance(body, CanonicalJson)
         authorization_header(self.key, "PUT", path, HERE, destination, body)
-        orjson.dumps(body)
-        now = time.perf_counter()
-        self.transactions += 1
-        self.edus += len(body["edus"])
-        samples = self.latency_ms.setdefault(destination, [])
-        for edu in body["edus"]:
-            for push in edu["content"]["push"]:
-                self.pushes += 1
-                changed = self.changed_at.get(push["user_id"])
-                if changed is not None:
-                    samples.append((now - changed) * 1000)
-        await anyio.lowlevel.checkpoint()
+        self.stamps.stamp(destination, body.data)
+        await anyio.lowlevel.checkpoint()  # the network wait: others run meanwhile
         return {"pdus": {}}
+
+
+class FixedResolver:
+    """Every destination resolves to itself on 8448 (no DNS, no .well-known)."""
+
+    async def resolve(self, server_name: str) -> ResolvedDestination:
+        return ResolvedDestination(server_name, server_name, 8448, server_name, server_name)
+
+
+def federation_client(stamps: Stamps, clock: SystemClock) -> FederationClient:
+    """The real ``FederationClient`` and httpx client, on a transport that stamps.
+
+    Everything up to the transport is real (resolve call, httpx request,
+    headers, signature, timeouts, reading and checking the answer); the
+    transport replaces the connection pools, the address guard, TLS and the
+    socket.
+    """
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        stamps.stamp(request.url.host, request.content)
+        await anyio.lowlevel.checkpoint()  # the network wait: others run meanwhile
+        return httpx.Response(200, json={"pdus": {}})
+
+    return FederationClient(
+        HERE,
+        generate_signing_key(),
+        FixedResolver(),
+        clock,
+        transport=httpx.MockTransport(answer),
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -103,6 +169,11 @@ def percentile(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     clock = SystemClock()
+    changed_at: dict[UserId, float] = {}
+    stamps = Stamps(changed_at)
+    client: RecordingClient | FederationClient = (
+        RecordingClient(stamps) if args.client == "recording" else federation_client(stamps, clock)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "bench.db", synchronous="normal")
         await store.open()
@@ -113,8 +184,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             keeper = PresenceKeeper(machine, store, clock, Metrics(), stream=stream)
             await keeper.restore()
             destinations = [ServerName(f"d{i:03}.example") for i in range(args.destinations)]
-            changed_at: dict[UserId, float] = {}
-            client = RecordingClient(changed_at)
             metrics = SenderMetrics()
             sender = OutboundSender(
                 server_name=HERE,
@@ -138,8 +207,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     inputs += 1
                     changed_at[user] = time.perf_counter()
                 await _drain(sender, stream, destinations)
-                client.latency_ms.clear()
-                start_counts = (client.transactions, client.edus, client.pushes, inputs)
+                stamps.settle()
+                stamps.latency_ms.clear()
+                start_counts = (stamps.transactions, stamps.edus, stamps.pushes, inputs)
                 away: set[UserId] = set()
                 for round_index in range(args.rounds):
                     round_started = time.perf_counter()
@@ -170,15 +240,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         inputs += 1
                         changed_at[user] = time.perf_counter()
                     await _drain(sender, stream, destinations)
+                    stamps.settle()
                     spent = time.perf_counter() - round_started
                     await anyio.sleep(max(0.0, args.round_ms / 1000 - spent))
                 tg.cancel_scope.cancel()
-            transactions = client.transactions - start_counts[0]
-            edus = client.edus - start_counts[1]
-            pushes = client.pushes - start_counts[2]
+            transactions = stamps.transactions - start_counts[0]
+            edus = stamps.edus - start_counts[1]
+            pushes = stamps.pushes - start_counts[2]
             naive = (inputs - start_counts[3]) * args.destinations
             first, last = destinations[0], destinations[-1]
             return {
+                "client": args.client,
                 "users": args.users,
                 "destinations": args.destinations,
                 "rounds": args.rounds,
@@ -188,13 +260,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "pushes": pushes,
                 "naive_pushes": naive,
                 "suppression_ratio": round(1 - pushes / naive, 3) if naive else None,
-                "first_p50_ms": round(percentile(client.latency_ms.get(first, []), 0.5), 2),
-                "first_p99_ms": round(percentile(client.latency_ms.get(first, []), 0.99), 2),
-                "last_p50_ms": round(percentile(client.latency_ms.get(last, []), 0.5), 2),
-                "last_p99_ms": round(percentile(client.latency_ms.get(last, []), 0.99), 2),
+                "first_p50_ms": round(percentile(stamps.latency_ms.get(first, []), 0.5), 2),
+                "first_p99_ms": round(percentile(stamps.latency_ms.get(first, []), 0.99), 2),
+                "last_p50_ms": round(percentile(stamps.latency_ms.get(last, []), 0.5), 2),
+                "last_p99_ms": round(percentile(stamps.latency_ms.get(last, []), 0.99), 2),
                 "suppressed_in_queues": metrics.pushes_suppressed._value.get(),
             }
         finally:
+            if isinstance(client, FederationClient):
+                await client.aclose()
             await store.close()
 
 
@@ -222,6 +296,13 @@ def main() -> None:
     parser.add_argument("--away", type=float, default=0.01)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--client",
+        choices=("recording", "federation"),
+        default="recording",
+        help="recording: sign, then stamp; federation: the real FederationClient and httpx "
+        "up to the transport",
+    )
     args = parser.parse_args()
     for index in range(args.runs):
         args.seed += index

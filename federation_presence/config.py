@@ -926,6 +926,8 @@ def _federation_sender(value: object, source: str | None) -> SenderSettings:
             "edus_per_transaction", d.edus_per_transaction, 1, 100
         ),
         transaction_timeout_ms=section.duration("transaction_timeout", d.transaction_timeout_ms),
+        connect_timeout_ms=_optional_duration(section, "connect_timeout"),
+        read_timeout_ms=_optional_duration(section, "read_timeout"),
         backoff_initial_ms=section.duration("backoff_initial", d.backoff_initial_ms),
         backoff_max_ms=section.duration("backoff_max", d.backoff_max_ms),
         backoff_jitter=jitter,
@@ -933,7 +935,18 @@ def _federation_sender(value: object, source: str | None) -> SenderSettings:
     )
     if settings.backoff_max_ms < settings.backoff_initial_ms:
         raise section.error("backoff_max", "must not be shorter than backoff_initial")
+    for name, value in (
+        ("connect_timeout", settings.connect_timeout_ms),
+        ("read_timeout", settings.read_timeout_ms),
+    ):
+        if value is not None and value > settings.transaction_timeout_ms:
+            raise section.error(name, "must not be longer than transaction_timeout")
     return settings
+
+
+def _optional_duration(section: _Section, name: str) -> int | None:
+    """A duration, or None when absent or null (the caller's default applies)."""
+    return None if section.get(name) is None else section.duration(name, 0)
 
 
 def _beside(value: object, source: str | None) -> BesideConfig | None:

@@ -17,6 +17,15 @@ Two levels of fault, on purpose:
   one bad push, so that its sender retries it forever.
 
 Unknown presence values are rejected (dropped), never mapped or stored.
+
+Outbound, two builders of the same bytes: ``presence_edus`` +
+``transaction_body`` give the transaction as a dict (the reference, and what
+tests read); ``encode_push`` + ``transaction_bytes`` give it as canonical JSON
+bytes joined from pieces, which is what the sender sends. A push's pieces do
+not depend on the send time (``last_active_ago`` is written between them at
+``now``), so each user's state is encoded once and shared by every
+destination (``PushEncodings``); a destination's own cost is the join. A test
+holds the bytes equal to the reference ``canonicaljson`` of the dict.
 """
 
 from __future__ import annotations
@@ -25,7 +34,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from federation_presence.errors import PeerError
+from federation_presence.federation.xmatrix import CanonicalJson
 from federation_presence.ids import (
     LOCALPART_RE,
     MAX_USER_ID_LENGTH,
@@ -35,7 +47,11 @@ from federation_presence.ids import (
 )
 from federation_presence.presence.inputs import RemotePush
 from federation_presence.presence.model import UserPresence
-from federation_presence.presence.states import parse_presence
+from federation_presence.presence.states import (
+    PresenceState,
+    parse_presence,
+    to_federation_wire,
+)
 from federation_presence.presence.wire import federation_push
 
 MAX_PDUS_PER_TXN = 50
@@ -222,3 +238,110 @@ def transaction_body(origin: str, now: int, edus: Sequence[Mapping[str, Any]]) -
     if len(edus) > MAX_EDUS_PER_TXN:
         raise ValueError(f"too many EDUs for one transaction: {len(edus)}")
     return {"origin": origin, "origin_server_ts": now, "pdus": [], "edus": list(edus)}
+
+
+# -- outbound, encoded once: canonical bytes joined from pieces -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPush:
+    """One user's push as canonical JSON, less ``last_active_ago``.
+
+    The push at ``now`` is ``head + str(max(now - last_active_ts, 0)) + tail``:
+    the members in canonical (sorted) order are ``currently_active``,
+    ``last_active_ago``, ``presence``, ``status_msg`` (when set), ``user_id``,
+    as ``presence.wire.federation_push`` makes them.
+    """
+
+    state: UserPresence
+    head: bytes
+    tail: bytes
+
+
+_HEAD_ACTIVE = b'{"currently_active":true,"last_active_ago":'
+_HEAD_INACTIVE = b'{"currently_active":false,"last_active_ago":'
+
+
+def encode_push(user: UserPresence) -> EncodedPush:
+    """``user``'s push in pieces (``ValueError`` if its timestamp is not a safe integer)."""
+    if not 0 <= user.last_active_ts <= MAX_SAFE_INT:
+        raise ValueError(f"last_active_ts {user.last_active_ts} is not a safe integer")
+    dumps = orjson.dumps
+    try:
+        tail = b',"presence":' + dumps(to_federation_wire(user.state))
+        if user.status_msg is not None:
+            tail += b',"status_msg":' + dumps(user.status_msg)
+        tail += b',"user_id":' + dumps(user.user_id) + b"}"
+    except TypeError as exc:  # a lone surrogate
+        raise ValueError(f"push of {user.user_id!r} is not canonical JSON: {exc}") from None
+    return EncodedPush(user, _HEAD_ACTIVE if user.currently_active else _HEAD_INACTIVE, tail)
+
+
+class PushEncodings:
+    """The encoded push of each present user's latest state, shared by all destinations.
+
+    One entry per user (the state it was made from is kept and compared); a
+    new state of the user replaces it. Offline states are encoded each time
+    and not kept (their entry is dropped), so memory is bounded by the
+    present users, as the sender's other per-user state is.
+    """
+
+    def __init__(self) -> None:
+        self._by_user: dict[UserId, EncodedPush] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_user)
+
+    def get(self, user: UserPresence) -> EncodedPush:
+        found = self._by_user.get(user.user_id)
+        if found is not None and (found.state is user or found.state == user):
+            return found
+        encoded = encode_push(user)
+        if user.state is PresenceState.OFFLINE:
+            self._by_user.pop(user.user_id, None)
+        else:
+            self._by_user[user.user_id] = encoded
+        return encoded
+
+
+_EDU_START = b'{"content":{"push":['
+_EDU_END = b']},"edu_type":"' + PRESENCE_EDU.encode() + b'"}'
+
+
+def transaction_bytes(
+    origin: str,
+    now: int,
+    pushes: Sequence[EncodedPush],
+    pushes_per_edu: int = MAX_PUSHES_PER_EDU,
+) -> CanonicalJson:
+    """The canonical JSON of ``transaction_body(origin, now, presence_edus(...))``.
+
+    Built by joining pieces: no dict, no encoder over the whole body.
+    """
+    if pushes_per_edu < 1:
+        raise ValueError("pushes_per_edu must be positive")
+    if not 0 <= now <= MAX_SAFE_INT:
+        raise ValueError(f"now {now} is not a safe integer")
+    if -(-len(pushes) // pushes_per_edu) > MAX_EDUS_PER_TXN:
+        raise ValueError(f"too many EDUs for one transaction: {len(pushes)} pushes")
+    try:
+        origin_json = orjson.dumps(origin)
+    except TypeError as exc:
+        raise ValueError(f"origin {origin!r} is not canonical JSON: {exc}") from None
+    parts: list[bytes] = [b'{"edus":[']
+    append = parts.append
+    for start in range(0, len(pushes), pushes_per_edu):
+        if start:
+            append(b",")
+        append(_EDU_START)
+        append(
+            b",".join(
+                [
+                    b"%s%d%s" % (p.head, max(now - p.state.last_active_ts, 0), p.tail)
+                    for p in pushes[start : start + pushes_per_edu]
+                ]
+            )
+        )
+        append(_EDU_END)
+    append(b'],"origin":%s,"origin_server_ts":%d,"pdus":[]}' % (origin_json, now))
+    return CanonicalJson(b"".join(parts))

@@ -55,6 +55,7 @@ from federation_presence.federation.address_guard import guarded_transport
 from federation_presence.federation.ip_policy import IpPolicy
 
 USER_AGENT = f"federation-presence/{__version__}"
+DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 MAX_POOLS = 1024
 
 
@@ -221,6 +222,8 @@ class OutboundHttp:
 
     ``ip_policy`` None = ``IpPolicy()``, Synapse's default blocklist.
     ``transport`` replaces the TLS context, the pools and the address guard.
+    ``.transport`` is the stack below the client (``FederationClient`` sends
+    through it directly; see there).
     """
 
     def __init__(
@@ -238,9 +241,10 @@ class OutboundHttp:
             transport = CertificateNamePools(
                 lambda: guarded_transport(tls_context, policy), max_pools
             )
+        self.transport = transport
         self.client = httpx.AsyncClient(
             transport=transport,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            headers=DEFAULT_HEADERS,
             follow_redirects=False,
             trust_env=False,
         )

@@ -11,7 +11,9 @@ What this module owns:
   ``M_UNAUTHORIZED`` "Missing Authorization headers"). Synapse answers a
   malformed header with 400; we answer 401, as for every other auth fault.
 * ``signed_request_bytes``: the canonical JSON of ``{method, uri, origin,
-  destination, content}`` that the signature covers. Canonical means what the
+  destination, content}`` that the signature covers. A ``content`` given as
+  ``CanonicalJson`` (bytes already canonical: our own outbound bodies) is
+  spliced in as it is, not decoded and encoded again. Canonical means what the
   spec's appendices say, enforced here (``canonical_json_bytes``), not only
   what an encoder emits: integers within ±(2**53-1), no floats, string keys,
   UTF-8. The bytes equal the reference ``canonicaljson``'s.
@@ -186,6 +188,21 @@ def _credentials(params: dict[str, str]) -> XMatrixAuth:
     return XMatrixAuth(origin=origin, destination=destination, key_id=key_id, signature=signature)
 
 
+@dataclass(frozen=True, slots=True)
+class CanonicalJson:
+    """``data`` is canonical JSON: made only by an encoder that joins canonical
+    pieces and is held to the reference ``canonicaljson`` by a test
+    (``edu.transaction_bytes``).
+
+    A request body of this type is sent as it is (``FederationClient``) and
+    the X-Matrix signature is made around it by concatenation
+    (``signed_request_bytes``): one encoding per body, reused for both. (A
+    wrapper, not a ``bytes`` subclass: decoders such as orjson refuse those.)
+    """
+
+    data: bytes
+
+
 def canonical_json_bytes(value: object) -> bytes:
     """``value`` as canonical JSON (spec appendices), or ``ValueError``.
 
@@ -251,7 +268,28 @@ def signed_request_bytes(
     ``uri`` is the request target exactly as sent (path and query); ``content``
     is the parsed body, or None when the request has no body. A body that
     cannot be canonical JSON raises ``PeerError(400, "M_BAD_JSON")``.
+    ``content`` as ``CanonicalJson`` is trusted and spliced between the
+    other members, which are strings (their encoding is canonical).
     """
+    if isinstance(content, CanonicalJson):
+        dumps = orjson.dumps
+        try:
+            return b"".join(
+                (
+                    b'{"content":',
+                    content.data,
+                    b"" if destination is None else b',"destination":' + dumps(destination),
+                    b',"method":',
+                    dumps(method),
+                    b',"origin":',
+                    dumps(origin),
+                    b',"uri":',
+                    dumps(uri),
+                    b"}",
+                )
+            )
+        except TypeError as exc:  # a lone surrogate in one of the strings
+            raise PeerError(400, "M_BAD_JSON", f"request is not canonical JSON: {exc}") from exc
     request: dict[str, object] = {"method": method, "uri": uri, "origin": origin}
     if destination is not None:
         request["destination"] = destination

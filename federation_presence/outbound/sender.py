@@ -14,13 +14,26 @@ however long it stays down.
 Each destination with something owed has one task of its own (a child of the
 sender's task group; it ends when its queue is empty). The task lingers
 ``linger_ms`` once when it starts, so a burst of changes leaves as one
-transaction, then sends what is owed, at most ``max_pushes_per_transaction``
-users (split into EDUs of ``pushes_per_edu``) per transaction and one
+transaction. Destinations woken within ``LINGER_JOIN_MS`` of each other (a
+change routed to many: one stream batch) share one linger window: one timer
+(kept by the first one's task) ends it for all of them at once, so they
+build and send back to back in one turn of the event loop, before any of
+their answers is handled, instead of on timers a few µs apart that let
+earlier destinations' answers cut in. Then each sends what is owed, at
+most ``max_pushes_per_transaction`` users (split into EDUs of
+``pushes_per_edu``) per transaction and one
 transaction in flight: while it is in flight, updates coalesce in the queue
 and leave together right after it. Suppression is decided by the queue when
 a transaction is built, against what *that destination* last acknowledged.
-No destination waits for another: there is no shared send loop, each one's
-linger is its own timer and a hanging destination only holds its own task.
+No destination waits for another's I/O: there is no shared send loop, a
+shared linger ends on its timer whatever the destinations do, and a hanging
+destination only holds its own task.
+
+Timeouts: the client bounds each transaction as a whole (resolution,
+connect, send, answer: ``transaction_timeout_ms``), its connect (TCP and
+TLS: ``connect_timeout_ms``) and each socket read or write
+(``read_timeout_ms``); the last two default to the client's own
+(``federation.request_timeout``). A timeout is a failure like any other.
 
 Failure: anything but a 200 with a transaction answer (``{"pdus": {...}}``)
 puts the transaction's users back (newer states win) and arms the
@@ -55,10 +68,31 @@ each present local user to the destinations interested in it once per
 interval, each user on its own random phase (injected ``random.Random``), as
 forced entries that suppression does not drop.
 
+Why the sender owns keep-alive and the stream does not carry pings (issue
+15, item 0, decided here): a ping changes nothing, so it has no stream id
+and moves no reader's position; ``/sync`` readers must never see it. To
+reach a sender in another process it would need a store write per user per
+interval, and every instance would read every ping only to drop those of
+destinations it does not own. What a ping needs is sender state: routing at
+ping time (who is interested *now*), a forced entry past the per-destination
+suppression, and a phase per user that stays put across the interval. So
+each sender instance keeps its own schedule of the present local users (it
+sees every local change on the stream, and seeds from the store at start),
+bounded by those users. The core's own ping timer
+(``Outcome.federation_pings``) is not read by anyone for sending.
+
 Transaction ids: ``<prefix><epoch>_<n>``: ``epoch`` is the destination's
 durable counter in the store (``Store.next_txn_id``), taken once per process
 and destination, ``n`` counts in memory. Unique per destination across
 restarts, one store write per destination per process, none per send.
+
+Encoding once: a change routed to many destinations is the same
+``UserPresence`` object in each of their queues; ``edu.PushEncodings``
+encodes it to canonical JSON once (its ``last_active_ago`` is written in at
+each transaction's own ``now``, so it is exact), and each destination joins
+the pieces into its body (``edu.transaction_bytes``), which the client sends
+as it is and signs around (``xmatrix.CanonicalJson``). A destination's own
+cost is the join, the signature and the HTTP request.
 
 Sharding: a destination is handled only by the instance ``sharding.owner``
 names; others ignore it.
@@ -78,8 +112,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from federation_presence.clock import Clock
 from federation_presence.errors import StoreError, UpstreamError
-from federation_presence.federation.client import DestinationError
-from federation_presence.federation.edu import presence_edus, transaction_body
+from federation_presence.federation.client import DestinationError, RequestTimeouts
+from federation_presence.federation.edu import PushEncodings, transaction_bytes
 from federation_presence.ids import ServerName, UserId
 from federation_presence.outbound.backoff import retry_delay_ms
 from federation_presence.outbound.keepalive import KeepAliveSchedule
@@ -100,14 +134,17 @@ STREAM_WAIT_S = 30.0
 POSITION_FLUSH_MS = 1_000
 ROUTE_RETRY_MS = 5_000
 SHUTDOWN_FLUSH_S = 5.0
+LINGER_JOIN_MS = 2
 REJECTED_STATUSES = frozenset({400, 401, 403, 413})
 _SHOWN_CHARS = 300
 
 
 class TransactionClient(Protocol):
-    """What the sender needs of ``FederationClient``: one signed PUT."""
+    """What the sender needs of ``FederationClient``: one signed PUT within ``timeouts``."""
 
-    async def put_json(self, destination: str, path: str, body: object) -> dict[str, Any]: ...
+    async def put_json(
+        self, destination: str, path: str, body: object, *, timeouts: RequestTimeouts
+    ) -> dict[str, Any]: ...
 
 
 @dataclass(eq=False)
@@ -123,6 +160,15 @@ class _Destination:
     retry_at: int | None = None
     txn_epoch: int | None = None
     txn_counter: int = 0
+
+
+@dataclass(eq=False)
+class _Linger:
+    """One linger window, shared by the destinations woken within ``LINGER_JOIN_MS``."""
+
+    opened_at: int
+    over: anyio.Event
+    owned: bool = False
 
 
 class OutboundSender:
@@ -158,6 +204,13 @@ class OutboundSender:
         self._keepalive_until: int | None = None
         self._keepalive_scope: anyio.CancelScope | None = None
         self._destinations: dict[ServerName, _Destination] = {}
+        self._encodings = PushEncodings()
+        self._linger: _Linger | None = None
+        self._timeouts = RequestTimeouts(
+            connect_ms=settings.connect_timeout_ms,
+            read_ms=settings.read_timeout_ms,
+            total_ms=settings.transaction_timeout_ms,
+        )
         self._position = 0
         self._stored_position = 0
         self._tg: TaskGroup | None = None
@@ -325,19 +378,24 @@ class OutboundSender:
         if target.running or self._tg is None:
             return
         target.running = True
-        self._tg.start_soon(self._run_destination, target, name=f"outbound {target.name}")
+        linger: _Linger | None = None
+        if target.retry_at is None:
+            now = self._clock.now_ms()
+            linger = self._linger
+            if linger is None or now - linger.opened_at > LINGER_JOIN_MS:
+                linger = self._linger = _Linger(now, anyio.Event())
+                linger.owned = True  # this destination's task keeps its time
+        self._tg.start_soon(self._run_destination, target, linger, name=f"outbound {target.name}")
 
-    async def _run_destination(self, target: _Destination) -> None:
+    async def _run_destination(self, target: _Destination, linger: _Linger | None) -> None:
         """Send until ``target`` owes nothing (then end: ``_wake`` starts it again)."""
         try:
-            linger = target.retry_at is None
+            if linger is not None:
+                await self._wait_linger(linger)
             while True:
                 if target.retry_at is not None:
                     await self._clock.sleep_until(target.retry_at)
                     target.retry_at = None
-                elif linger:
-                    await self._clock.sleep_ms(self._settings.linger_ms)
-                linger = False
                 batch = target.queue.take(self._settings.max_pushes_per_transaction)
                 if batch.suppressed:
                     self._metrics.pushes_suppressed.inc(batch.suppressed)
@@ -350,6 +408,18 @@ class OutboundSender:
         finally:
             target.running = False
 
+    async def _wait_linger(self, linger: _Linger) -> None:
+        if linger.owned:
+            linger.owned = False
+            try:
+                await self._clock.sleep_ms(self._settings.linger_ms)
+            finally:
+                if self._linger is linger:
+                    self._linger = None
+                linger.over.set()  # every destination that joined goes now, together
+        else:
+            await linger.over.wait()
+
     async def _send(self, target: _Destination, users: tuple[UserPresence, ...]) -> None:
         settings = self._settings
         destination = target.name
@@ -358,12 +428,15 @@ class OutboundSender:
         try:
             txn_id = await self._next_txn_id(target)
             now = self._clock.now_ms()
-            body = transaction_body(
-                self._server_name, now, presence_edus(users, now, settings.pushes_per_edu)
+            encodings = self._encodings
+            body = transaction_bytes(
+                self._server_name,
+                now,
+                [encodings.get(user) for user in users],
+                settings.pushes_per_edu,
             )
             path = f"/_matrix/federation/v1/send/{quote(txn_id, safe='')}"
-            with anyio.fail_after(settings.transaction_timeout_ms / 1000):
-                answer = await self._client.put_json(destination, path, body)
+            answer = await self._client.put_json(destination, path, body, timeouts=self._timeouts)
             if not isinstance(answer.get("pdus"), dict):
                 raise DestinationError(
                     destination, f"200 is not a transaction answer: {str(answer)[:_SHOWN_CHARS]}"

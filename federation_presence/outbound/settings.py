@@ -17,6 +17,11 @@ class SenderSettings:
     to it (``sharding.owner``). ``txn_id_prefix`` starts every transaction id
     we send, so that ours never collide with a homeserver's that shares our
     server name (receivers dedup by origin and txn id).
+
+    Timeouts: ``transaction_timeout_ms`` bounds a whole ``PUT /send``
+    (resolution included), ``connect_timeout_ms`` its connect (TCP and TLS),
+    ``read_timeout_ms`` each socket read and write; None = the federation
+    client's ``request_timeout``.
     """
 
     enabled: bool = True
@@ -26,6 +31,8 @@ class SenderSettings:
     pushes_per_edu: int = 50
     edus_per_transaction: int = 100
     transaction_timeout_ms: int = 30 * SECOND_MS
+    connect_timeout_ms: int | None = None
+    read_timeout_ms: int | None = None
     backoff_initial_ms: int = 10 * SECOND_MS
     backoff_max_ms: int = 4 * HOUR_MS
     backoff_jitter: float = 0.2

@@ -1,9 +1,12 @@
 """Which sender instance owns a destination (pure).
 
 Synapse shards federation senders by a stable hash of the destination over
-the configured instance list; so do we. The hash is SHA-256 (not Python's
-``hash``, which is salted per process): every instance, and every restart,
-agrees on the owner.
+the configured instance list (``ShardedWorkerHandlingConfig.get_instance``);
+so do we, with its exact formula: the SHA-256 digest of the destination's
+UTF-8 bytes, read as one little-endian integer, modulo the number of
+instances, indexes ``instances`` in config order. Not Python's ``hash``
+(salted per process): every instance, every restart, and a Synapse given
+the same list, agree on the owner.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ def owner(destination: str, instances: Sequence[str]) -> str | None:
     if not instances:
         return None
     digest = hashlib.sha256(destination.encode("utf-8")).digest()
-    return instances[int.from_bytes(digest[:8], "big") % len(instances)]
+    return instances[int.from_bytes(digest, "little") % len(instances)]
 
 
 def is_mine(destination: str, instances: Sequence[str], instance_name: str) -> bool:

@@ -9,6 +9,7 @@ condition-driven and bounded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import anyio
 import pytest
 
 from federation_presence.ids import ServerName, UserId
+from federation_presence.outbound.sender import LINGER_JOIN_MS
 from federation_presence.presence.inputs import Activity, SetPresence, SyncStarted
 from federation_presence.presence.states import PresenceState
 from federation_presence.worker import RunningWorker
@@ -128,6 +130,40 @@ async def test_a_burst_inside_the_linger_leaves_as_one_transaction(
             assert len(peer.attempts[0].pushes) == 50
             assert len(peer.attempts[0].body["edus"]) == 1
             assert_schema_complete(peer)
+
+
+async def test_destinations_woken_together_share_one_linger_window(
+    tmp_path: Path, certificates: TlsCertificates, clock: SettlingClock, routes: Routes
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        a, b, c = [
+            await stack.enter_async_context(running_peer(certificates, {}, clock)) for _ in range(3)
+        ]
+        for localpart, peer in (("alice", a), ("bob", b), ("carol", c)):
+            routes.servers[local(localpart)] = {ServerName(peer.server_name)}
+        worker = await stack.enter_async_context(
+            sending_worker(tmp_path, certificates, clock, routes, [a, b, c], linger_ms=20)
+        )
+        sender = sender_of(worker)
+        opened = clock.now_ms()
+        await present(worker, "alice", None)  # opens a window
+        await eventually(lambda: sender.busy(a.server_name))
+        await clock.advance(LINGER_JOIN_MS)
+        await present(worker, "bob", None)  # within LINGER_JOIN_MS: joins it
+        await eventually(lambda: sender.busy(b.server_name))
+        await clock.advance(3)
+        await present(worker, "carol", None)  # later: a window of its own
+        await eventually(lambda: sender.busy(c.server_name))
+        await settle()
+        await clock.advance(opened + 20 - clock.now_ms())
+        await a.wait_for_attempts(1)
+        await b.wait_for_attempts(1)
+        await settle()
+        assert c.attempts == []
+        assert a.attempts[0].at_ms == b.attempts[0].at_ms == opened + 20
+        await clock.advance(LINGER_JOIN_MS + 3)
+        await c.wait_for_attempts(1)
+        assert c.attempts[0].at_ms == opened + LINGER_JOIN_MS + 3 + 20
 
 
 async def test_a_transaction_splits_only_past_100_edus(

@@ -20,9 +20,17 @@ from signedjson.types import SigningKey
 from unpaddedbase64 import decode_base64
 
 from federation_presence.errors import UpstreamError
-from federation_presence.federation.client import DestinationError, FederationClient
+from federation_presence.federation.client import (
+    DestinationError,
+    FederationClient,
+    RequestTimeouts,
+)
+from federation_presence.federation.edu import encode_push, transaction_bytes
 from federation_presence.federation.resolver import ServerResolver
 from federation_presence.federation.xmatrix import parse_authorization, signed_request_bytes
+from federation_presence.ids import UserId
+from federation_presence.presence.model import UserPresence
+from federation_presence.presence.states import PresenceState
 from tests.fakes import FakeClock
 
 ORIGIN = "origin.example"
@@ -181,6 +189,45 @@ async def test_a_path_needing_escapes_is_signed_as_it_goes_on_the_wire(
     (request,) = peer.requests
     assert request.url.raw_path == b"/_matrix/federation/v1/send/t%20x"
     verify_x_matrix(request, signing_key, "remote.example:8448")
+
+
+async def test_a_canonical_body_goes_out_byte_for_byte_and_its_signature_verifies(
+    client: FederationClient, peer: FakePeer, signing_key: SigningKey
+) -> None:
+    users = [UserPresence(UserId("@é:origin.example"), PresenceState.ONLINE, 5, "hi", True)]
+    body = transaction_bytes(ORIGIN, 1_000, [encode_push(u) for u in users])
+    await client.put_json("remote.example:8448", "/_matrix/federation/v1/send/8", body)
+    (request,) = peer.requests
+    assert request.content == body.data  # sent as given: no second encoding
+    assert request.headers["content-type"] == "application/json"
+    verify_x_matrix(request, signing_key, "remote.example:8448")
+
+
+async def test_per_request_timeouts_reach_the_transport_and_default_to_the_clients(
+    client: FederationClient, peer: FakePeer
+) -> None:
+    limits = RequestTimeouts(connect_ms=1_500, read_ms=2_000, total_ms=9_000)
+    await client.put_json("remote.example:8448", "/_matrix/x", {}, timeouts=limits)
+    await client.put_json("remote.example:8448", "/_matrix/x", {}, timeouts=RequestTimeouts())
+    await client.get_json("remote.example:8448", "/_matrix/y")
+    given, defaulted, plain = (r.extensions["timeout"] for r in peer.requests)
+    assert given == {"connect": 1.5, "read": 2.0, "write": 2.0, "pool": 1.5}
+    assert defaulted == plain == {"connect": 30.0, "read": 30.0, "write": 30.0, "pool": 30.0}
+
+
+async def test_requests_carry_the_stacks_headers_and_no_cookies(
+    client: FederationClient, peer: FakePeer
+) -> None:
+    async def setting_a_cookie(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"pdus": {}}, headers={"Set-Cookie": "a=b"})
+
+    peer.handler = setting_a_cookie
+    await client.get_json("remote.example:8448", "/_matrix/x")
+    await client.get_json("other.example:8448", "/_matrix/x")
+    first, second = peer.requests
+    assert first.headers["user-agent"].startswith("federation-presence/")
+    assert first.headers["accept-encoding"] == "identity"
+    assert "cookie" not in second.headers
 
 
 async def test_a_body_that_is_not_canonical_json_is_refused_before_sending(

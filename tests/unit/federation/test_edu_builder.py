@@ -1,17 +1,28 @@
-"""Outbound m.presence EDUs: schema-complete pushes, split at the per-EDU limit."""
+"""Outbound m.presence EDUs: schema-complete pushes, split at the per-EDU limit, and
+the encoded builder held to the reference ``canonicaljson``."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from canonicaljson import encode_canonical_json
+from hypothesis import given
+from hypothesis import strategies as st
 
 from federation_presence.federation.edu import (
+    MAX_SAFE_INT,
+    PushEncodings,
+    encode_push,
     parse_transaction,
     presence_edus,
     transaction_body,
+    transaction_bytes,
 )
+from federation_presence.federation.xmatrix import CanonicalJson
 from federation_presence.ids import ServerName, UserId
 from federation_presence.presence.model import UserPresence
 from federation_presence.presence.states import PresenceState
+from federation_presence.presence.wire import federation_push
 
 NOW = 1_700_000_000_000
 HERE = ServerName("here.example")
@@ -56,3 +67,60 @@ def test_pushes_split_into_edus_of_the_limit_and_parse_back() -> None:
 def test_a_transaction_never_carries_more_than_100_edus() -> None:
     with pytest.raises(ValueError, match="too many EDUs"):
         transaction_body(HERE, NOW, [{}] * 101)
+
+
+# -- the encoded builder: the same transaction as canonical bytes --------------
+
+USERS = st.builds(
+    UserPresence,
+    user_id=st.from_regex(r"@[a-z0-9._=/-]{1,20}:here\.example", fullmatch=True).map(UserId),
+    state=st.sampled_from(PresenceState),
+    last_active_ts=st.integers(0, NOW + 10_000),
+    status_msg=st.none() | st.text(max_size=40),
+    currently_active=st.booleans(),
+)
+
+
+@given(
+    users=st.lists(USERS, max_size=12),
+    now=st.integers(0, MAX_SAFE_INT),
+    pushes_per_edu=st.integers(1, 5),
+)
+def test_transaction_bytes_equal_the_reference_canonicaljson_of_the_dict(
+    users: list[UserPresence], now: int, pushes_per_edu: int
+) -> None:
+    encodings = PushEncodings()
+    encoded = transaction_bytes(HERE, now, [encodings.get(u) for u in users], pushes_per_edu)
+    reference = transaction_body(HERE, now, presence_edus(users, now, pushes_per_edu))
+    assert isinstance(encoded, CanonicalJson)
+    assert encoded.data == encode_canonical_json(reference)
+
+
+def test_one_encoding_serves_any_send_time_and_a_new_state_replaces_it() -> None:
+    encodings = PushEncodings()
+    user = UserPresence(UserId("@a:here.example"), PresenceState.ONLINE, NOW - 5_000, None, True)
+    first = encodings.get(user)
+    assert encodings.get(user) is first
+    for now in (NOW, NOW + 3, NOW + 60_000):
+        body = orjson.loads(transaction_bytes(HERE, now, [first]).data)
+        assert body["edus"][0]["content"]["push"] == [federation_push(user, now)]
+    newer = UserPresence(user.user_id, PresenceState.UNAVAILABLE, NOW - 5_000)
+    assert encodings.get(newer).state is newer
+    assert len(encodings) == 1
+    # Offline: encoded, not kept (memory is bounded by present users).
+    gone = UserPresence(user.user_id, PresenceState.OFFLINE, NOW - 5_000)
+    assert encodings.get(gone).state is gone
+    assert len(encodings) == 0
+
+
+def test_the_encoded_builder_keeps_the_limits() -> None:
+    push = encode_push(UserPresence(UserId("@a:here.example")))
+    with pytest.raises(ValueError, match="too many EDUs"):
+        transaction_bytes(HERE, NOW, [push] * 101, pushes_per_edu=1)
+    assert len(orjson.loads(transaction_bytes(HERE, NOW, [push] * 100, 1).data)["edus"]) == 100
+    with pytest.raises(ValueError, match="safe integer"):
+        transaction_bytes(HERE, MAX_SAFE_INT + 1, [push])
+    with pytest.raises(ValueError, match="safe integer"):
+        encode_push(UserPresence(UserId("@a:here.example"), last_active_ts=-1))
+    with pytest.raises(ValueError, match="canonical"):
+        encode_push(UserPresence(UserId("@a:here.example"), status_msg="\ud800"))

@@ -21,6 +21,7 @@ from unpaddedbase64 import decode_base64, encode_base64
 from federation_presence.errors import PeerError
 from federation_presence.federation.xmatrix import (
     MAX_SAFE_INTEGER,
+    CanonicalJson,
     XMatrixAuth,
     authorization_header,
     canonical_json_bytes,
@@ -379,3 +380,17 @@ def test_the_module_is_pure_it_imports_no_io_module() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "[]"
+
+
+@given(
+    content=st.dictionaries(st.text(), CANONICAL_VALUES, max_size=4),
+    uri=st.text(min_size=1).map(lambda s: "/" + s),
+    destination=st.none() | st.text(min_size=1),
+)
+def test_a_canonical_body_is_spliced_into_the_same_signed_bytes(
+    content: dict[str, object], uri: str, destination: str | None
+) -> None:
+    spliced = CanonicalJson(canonical_json_bytes(content))
+    assert signed_request_bytes("PUT", uri, "o.example", destination, spliced) == (
+        signed_request_bytes("PUT", uri, "o.example", destination, content)
+    )

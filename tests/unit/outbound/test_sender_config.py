@@ -17,6 +17,14 @@ def test_no_section_gives_the_defaults() -> None:
     assert settings.linger_ms == 20
     assert settings.max_pushes_per_transaction == 50 * 100
     assert settings.backoff_initial_ms == 10_000
+    # connect and each read: the federation client's request_timeout, as before
+    assert (settings.connect_timeout_ms, settings.read_timeout_ms) == (None, None)
+
+
+def test_null_timeouts_keep_the_default() -> None:
+    section = {"connect_timeout": None, "read_timeout": None}
+    settings = parse_config({"federation_sender": section}, SRC).federation_sender
+    assert (settings.connect_timeout_ms, settings.read_timeout_ms) == (None, None)
 
 
 def test_every_key_is_read() -> None:
@@ -30,6 +38,8 @@ def test_every_key_is_read() -> None:
                 "pushes_per_edu": 10,
                 "edus_per_transaction": 5,
                 "transaction_timeout": "20s",
+                "connect_timeout": "5s",
+                "read_timeout": "10s",
                 "backoff_initial": "1s",
                 "backoff_max": "1h",
                 "backoff_jitter": 0.1,
@@ -46,6 +56,8 @@ def test_every_key_is_read() -> None:
         pushes_per_edu=10,
         edus_per_transaction=5,
         transaction_timeout_ms=20_000,
+        connect_timeout_ms=5_000,
+        read_timeout_ms=10_000,
         backoff_initial_ms=1_000,
         backoff_max_ms=3_600_000,
         backoff_jitter=0.1,
@@ -76,6 +88,14 @@ def test_every_key_is_read() -> None:
         (
             {"backoff_initial": "1h", "backoff_max": "1m"},
             "fp.yaml: federation_sender.backoff_max: must not be shorter than backoff_initial",
+        ),
+        (
+            {"read_timeout": "1m"},
+            "fp.yaml: federation_sender.read_timeout: must not be longer than transaction_timeout",
+        ),
+        (
+            {"connect_timeout": 0},
+            "fp.yaml: federation_sender.connect_timeout: must be longer than 0",
         ),
         (
             {"backoff_jitter": 1.5},

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from federation_presence.ids import UserId
 from federation_presence.outbound.backoff import retry_delay_ms
@@ -49,6 +52,27 @@ def test_a_destination_has_one_stable_owner_and_unsharded_means_mine() -> None:
     assert owner("matrix.org", instances) == owner("matrix.org", instances)
     assert is_mine("matrix.org", (), "anything")
     assert sum(is_mine("matrix.org", instances, name) for name in instances) == 1
+
+
+def synapse_get_instance(key: str, instances: tuple[str, ...]) -> str:
+    """Synapse's ``ShardedWorkerHandlingConfig.get_instance``, written out."""
+    if len(instances) == 1:
+        return instances[0]
+    dest_hash = hashlib.sha256(key.encode("utf8")).digest()
+    dest_int = int.from_bytes(dest_hash, byteorder="little")
+    return instances[dest_int % len(instances)]
+
+
+def test_the_owner_is_the_one_synapse_picks_for_the_same_instance_list() -> None:
+    # Known answers: sha256("matrix.org") read little-endian is 2 mod 3, "example.com" 0.
+    assert owner("matrix.org", ("s1", "s2", "s3")) == "s3"
+    assert owner("example.com", ("s1", "s2", "s3")) == "s1"
+
+
+@given(st.text(min_size=1, max_size=60), st.lists(st.text(min_size=1), min_size=1, max_size=7))
+def test_the_owner_matches_synapses_formula(destination: str, names: list[str]) -> None:
+    instances = tuple(dict.fromkeys(names))
+    assert owner(destination, instances) == synapse_get_instance(destination, instances)
 
 
 def test_keepalives_are_spread_flat_over_the_interval() -> None:
