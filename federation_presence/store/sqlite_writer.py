@@ -96,14 +96,18 @@ _DATA_VERSION = "PRAGMA data_version"
 RELEASE_AFTER_ROWS = 100_000
 """Rows folded after which an idle writer with an empty journal releases memory."""
 _PAGE_BYTES = 4096
-CHECKPOINT_BYTES = 16 * 2**20
+CHECKPOINT_BYTES = 2 * 2**20
 """WAL written (estimated) after which the store checkpoints.
 
-A checkpoint costs ~25 us per distinct page on the reference machine (two
-syscalls each), so ~4,000 pages take ~70 ms. Checkpointing more often pauses
-less each time but copies more in all: a page rewritten by many commits (txn
-B-tree leaves, the fold's table pages) is copied once per checkpoint. At 4
-MiB the checkpoints of 1-push transactions cost more than the commits did.
+A checkpoint pauses the writer: a few ms of fsyncs plus ~25 us per distinct
+page copied. Checkpointing more often pauses less each time but copies more
+in all (a page rewritten by many commits is copied once per checkpoint).
+Ingest latency decides (BENCHMARKS.md, issue 18; 1x50 transactions paced at
+half the peak, per checkpoint p99): at 16 MiB a checkpoint paused the
+writer for up to ~40 ms (p99 39 ms) every ~1.5 s and set the ingest p99
+(14-16 ms); at 2 MiB p99 15 ms, at 1 MiB 9 ms. 2 MiB spent ~1.1 s in
+checkpoints per minute of that load against ~0.4 s at 16 MiB, mostly
+waiting on the disk with the GIL released, and the peak rates did not move.
 """
 _UPSERT_KEY = (
     "INSERT INTO server_keys"
