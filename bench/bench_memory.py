@@ -64,6 +64,7 @@ from federation_presence.presence.states import PresenceState
 from federation_presence.store import sqlite_writer as sqlite_writer_module
 from federation_presence.store.journal import FoldReport
 from federation_presence.store.sqlite import SqliteStore
+from federation_presence.stream import PresenceStream
 from tests.fakes import FakeClock
 
 OURS = ServerName("ours.example")
@@ -169,7 +170,9 @@ async def scenario_a(args: argparse.Namespace, workdir: Path) -> None:
     clock = FakeClock()
     settings = PresenceSettings()
     machine = PresenceMachine(OURS, settings, offline_cache_size=args.offline_cache)
-    keeper = PresenceKeeper(machine, store, clock, Metrics())
+    stream = PresenceStream(store, machine.is_local)  # as in the worker
+    await stream.open()
+    keeper = PresenceKeeper(machine, store, clock, Metrics(), stream=stream)
     await keeper.restore()
     origins = [f"origin{n}.example" for n in range(args.origins)]
     per_batch = args.pushes
@@ -204,7 +207,7 @@ async def scenario_a(args: argparse.Namespace, workdir: Path) -> None:
         with anyio.fail_after(WAIT_S):
             await clock.advance(settings.federation_timeout_ms + 1)
             while machine.user_count > args.offline_cache:
-                await keeper.wait_for_stream_change(keeper.stream_id)
+                await stream.wait(stream.current_id)
                 sample()
         timeout_s = time.perf_counter() - started
         with anyio.fail_after(WAIT_S):

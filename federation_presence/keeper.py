@@ -100,10 +100,8 @@ class PresenceKeeper:
         self._store = store
         self._clock = clock
         self._metrics = metrics
-        self._stream_changed = anyio.Event()
         self._sleeping_until: int | None = None
         self._sleep_scope: anyio.CancelScope | None = None
-        self.stream_id = 0
         # What failed writes could not persist; carried by the next write.
         self._owed_users: dict[UserId, NotifyReason | None] = {}
         self._owed_devices: dict[tuple[UserId, str], DevicePresence] = {}
@@ -123,7 +121,6 @@ class PresenceKeeper:
         """Load what the machine must hold; persist what expired meanwhile."""
         users = await self._store.load_live_users(local_suffix(self._machine.server_name))
         devices = await self._store.load_devices()
-        self.stream_id = await self._store.current_stream_id()
         outcome = self._machine.restore(users, devices, self._clock.now_ms())
         await self._persist(outcome)
         # Read at scrape time, so it is never stale.
@@ -214,10 +211,6 @@ class PresenceKeeper:
         if self._stream is not None:
             # No await since the store answered: a group's writers publish together.
             self._stream.publish_changes(stream_id, outcome.changes)
-        if stream_id > self.stream_id:
-            self.stream_id = stream_id
-            event, self._stream_changed = self._stream_changed, anyio.Event()
-            event.set()
         if self._change_listeners and (notified := outcome.to_notify):
             for listener in self._change_listeners:
                 listener(notified)
@@ -283,11 +276,6 @@ class PresenceKeeper:
         Called synchronously on the writer's task: it must not block or raise.
         """
         self._change_listeners.append(listener)
-
-    async def wait_for_stream_change(self, after: int) -> None:
-        """Return once the stream has moved past ``after`` (callers add their timeout)."""
-        while self.stream_id <= after:
-            await self._stream_changed.wait()
 
     def _maybe_wake_timers(self, deadline_ms: int | None) -> None:
         if deadline_ms is None or self._sleep_scope is None:

@@ -61,18 +61,20 @@ async def test_the_status_of_an_evicted_user_is_read_from_the_store(
             content: dict[str, object] = answer.json()
             return content
 
+        stream = worker.stream
+        assert stream is not None
         await send("t1", "online")
-        position = worker.keeper.stream_id
+        position = stream.current_id
         await clock.advance(31 * MINUTE_MS)
         with anyio.fail_after(10):
-            await worker.keeper.wait_for_stream_change(position)
+            await stream.wait(position)
         assert worker.keeper._machine.get(alice) is None  # evicted: only the store has it
 
         assert (await status())["presence"] == "offline"
 
-        position = worker.keeper.stream_id
+        position = stream.current_id
         await send("t2", "online")
-        assert worker.keeper.stream_id > position  # back online: a change, on the stream
+        assert stream.current_id > position  # back online: a change, on the stream
         rows = await worker.store.stream_since(position, 10)
         assert [(r.state.user_id, r.state.state) for r in rows] == [(alice, PresenceState.ONLINE)]
         assert (await status())["presence"] == "online"

@@ -25,6 +25,7 @@ from federation_presence.presence.model import NotifyReason, Outcome, PresenceSe
 from federation_presence.presence.states import PresenceState
 from federation_presence.store.base import InboundTxn
 from federation_presence.store.sqlite import SqliteStore
+from federation_presence.stream import PresenceStream
 from tests.contract.samples import notified, user
 from tests.fakes import FakeClock
 
@@ -76,10 +77,17 @@ def machine() -> PresenceMachine:
 
 
 @pytest.fixture
+async def stream(machine: PresenceMachine, store: CountingStore) -> PresenceStream:
+    opened = PresenceStream(store, machine.is_local)
+    await opened.open()
+    return opened
+
+
+@pytest.fixture
 async def keeper(
-    machine: PresenceMachine, store: CountingStore, clock: FakeClock
+    machine: PresenceMachine, store: CountingStore, clock: FakeClock, stream: PresenceStream
 ) -> AsyncIterator[PresenceKeeper]:
-    running = PresenceKeeper(machine, store, clock, Metrics())
+    running = PresenceKeeper(machine, store, clock, Metrics(), stream=stream)
     await running.restore()
     async with anyio.create_task_group() as tg:
         await tg.start(running.run_timers)
@@ -91,19 +99,23 @@ def push(user_id: UserId, state: PresenceState, last_active_ago: int = 0) -> Rem
     return RemotePush(THEIRS, user_id, state, last_active_ago=last_active_ago)
 
 
-async def time_out(keeper: PresenceKeeper, clock: FakeClock) -> None:
+async def time_out(stream: PresenceStream, clock: FakeClock) -> None:
     """Advance past the federation timeout; return once the timeout is durable."""
-    position = keeper.stream_id
+    position = stream.current_id
     await clock.advance(TIMEOUT_MS + 1)
     with anyio.fail_after(10):
-        await keeper.wait_for_stream_change(position)
+        await stream.wait(position)
 
 
 async def test_a_timed_out_user_is_evicted_and_read_back_from_the_store(
-    keeper: PresenceKeeper, machine: PresenceMachine, store: CountingStore, clock: FakeClock
+    keeper: PresenceKeeper,
+    machine: PresenceMachine,
+    store: CountingStore,
+    clock: FakeClock,
+    stream: PresenceStream,
 ) -> None:
     await keeper.apply_remote([push(ALICE, ON)])
-    await time_out(keeper, clock)
+    await time_out(stream, clock)
 
     assert machine.get(ALICE) is None
     assert machine.user_count == 0
@@ -113,10 +125,14 @@ async def test_a_timed_out_user_is_evicted_and_read_back_from_the_store(
 
 
 async def test_an_evicted_user_coming_back_online_is_a_presence_change(
-    keeper: PresenceKeeper, machine: PresenceMachine, store: CountingStore, clock: FakeClock
+    keeper: PresenceKeeper,
+    machine: PresenceMachine,
+    store: CountingStore,
+    clock: FakeClock,
+    stream: PresenceStream,
 ) -> None:
     await keeper.apply_remote([push(ALICE, ON)])
-    await time_out(keeper, clock)
+    await time_out(stream, clock)
     assert machine.get(ALICE) is None
 
     outcome = await keeper.apply_remote([push(ALICE, ON)])
@@ -126,16 +142,19 @@ async def test_an_evicted_user_coming_back_online_is_a_presence_change(
 
 
 async def test_an_offline_push_for_an_evicted_offline_user_is_not_notified(
-    keeper: PresenceKeeper, machine: PresenceMachine, clock: FakeClock
+    keeper: PresenceKeeper,
+    machine: PresenceMachine,
+    clock: FakeClock,
+    stream: PresenceStream,
 ) -> None:
     await keeper.apply_remote([push(ALICE, ON)])
-    await time_out(keeper, clock)
-    position = keeper.stream_id
+    await time_out(stream, clock)
+    position = stream.current_id
 
     outcome = await keeper.apply_remote([push(ALICE, OFF, last_active_ago=TIMEOUT_MS + 1)])
 
     assert [c.notify for c in outcome.changes] == [None]
-    assert keeper.stream_id == position
+    assert stream.current_id == position
 
 
 async def test_one_batched_read_per_transaction_and_none_for_users_held(
@@ -193,12 +212,16 @@ async def test_a_user_whose_write_failed_stays_held_until_a_write_carries_it(
 
 
 async def test_a_failed_write_that_owed_nothing_does_not_stop_eviction(
-    keeper: PresenceKeeper, machine: PresenceMachine, store: CountingStore, clock: FakeClock
+    keeper: PresenceKeeper,
+    machine: PresenceMachine,
+    store: CountingStore,
+    clock: FakeClock,
+    stream: PresenceStream,
 ) -> None:
     store.fail_next = True
     txn = InboundTxn("theirs.example", "t1", b"{}", clock.now_ms())
     with pytest.raises(StoreError):
         await keeper.apply_remote([], txn)  # a transaction without pushes
     await keeper.apply_remote([push(ALICE, ON)])
-    await time_out(keeper, clock)
+    await time_out(stream, clock)
     assert machine.get(ALICE) is None

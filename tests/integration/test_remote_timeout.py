@@ -53,7 +53,8 @@ async def test_a_remote_user_not_refreshed_goes_offline_and_onto_the_stream(
 
         await clock.advance(2 * MINUTE_MS)
         with anyio.fail_after(10):
-            await worker.keeper.wait_for_stream_change(online_position)
+            assert worker.stream is not None
+            await worker.stream.wait(online_position)
         rows = await worker.store.stream_since(online_position, 100)
         assert [(r.state.user_id, r.state.state) for r in rows] == [(alice, PresenceState.OFFLINE)]
         status = await http.get(
