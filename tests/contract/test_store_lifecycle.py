@@ -25,6 +25,7 @@ from federation_presence.presence.states import PresenceState
 from federation_presence.store.base import InboundTxn
 from federation_presence.store.postgres import PostgresStore
 from federation_presence.store.sqlite import SqliteStore
+from federation_presence.stream import PresenceStream
 from tests.contract.conftest import POSTGRES_DSN, AnyStore, Database
 from tests.contract.samples import NOW_TS, inbound_txn, notified, user
 from tests.fakes import FakeClock
@@ -142,9 +143,10 @@ async def test_a_timed_out_write_that_commits_later_is_harmless_to_the_keeper(
     commits too. Both land, in order, and a retry of the transaction is answered
     from the store. Tolerance as above."""
     store = await database.opened_store(**stalling_options(database))
-    keeper = PresenceKeeper(
-        PresenceMachine(ServerName("ours.example")), store, FakeClock(), Metrics()
-    )
+    machine = PresenceMachine(ServerName("ours.example"))
+    stream = PresenceStream(store, machine.is_local)
+    await stream.open()
+    keeper = PresenceKeeper(machine, store, FakeClock(), Metrics(), stream=stream)
     await keeper.restore()
     first = InboundTxn(THEIRS, "t1", b'{"pdus":{}}', NOW_TS)
     async with database.write_lock_held():
@@ -160,7 +162,7 @@ async def test_a_timed_out_write_that_commits_later_is_harmless_to_the_keeper(
     assert bob.state is PresenceState.UNAVAILABLE
     rows = await store.stream_since(0, 10)
     assert [row.state.user_id for row in rows] == [ALICE, BOB]
-    assert keeper.stream_id == await store.current_stream_id() == rows[-1].stream_id
+    assert stream.current_id == await store.current_stream_id() == rows[-1].stream_id
     assert await store.get_txn_response(THEIRS, "t1") == b'{"pdus":{}}'
 
 
