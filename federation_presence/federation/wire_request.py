@@ -77,7 +77,7 @@ class RequestTarget:
     host: str
     port: int
     base_url: httpx.URL
-    headers: tuple[tuple[str, str], ...]  # the stack's defaults, Host, Accept
+    headers: tuple[tuple[bytes, bytes], ...]  # the stack's defaults, Host, Accept
     sni_hostname: str | None
 
     def url(self, path: str) -> httpx.URL:
@@ -98,14 +98,14 @@ class RequestTarget:
         if content is not None:
             headers = [
                 *self.headers,
-                ("Content-Type", "application/json"),
-                ("Content-Length", str(len(content))),
+                (b"Content-Type", b"application/json"),
+                (b"Content-Length", b"%d" % len(content)),
             ]
         elif method in _BODY_METHODS:
-            headers = [("Content-Length", "0"), *self.headers]  # where httpx puts it
+            headers = [(b"Content-Length", b"0"), *self.headers]  # where httpx puts it
         else:
             headers = list(self.headers)
-        headers.append(("Authorization", authorization))
+        headers.append((b"Authorization", authorization.encode("ascii")))
         extensions: dict[str, object] = {"timeout": timeout}
         if self.sni_hostname is not None:
             extensions["sni_hostname"] = self.sni_hostname
@@ -134,7 +134,8 @@ class RequestTargets:
             return found
         if len(self._targets) >= self._max:
             self._targets.clear()  # a rebuild costs one URL parse per destination
-        headers = (*DEFAULT_HEADERS.items(), ("Host", host_header), ("Accept", "application/json"))
+        named = (*DEFAULT_HEADERS.items(), ("Host", host_header), ("Accept", "application/json"))
+        headers = tuple((name.encode("ascii"), value.encode("ascii")) for name, value in named)
         target = RequestTarget(host, port, request_url(host, port, "/"), headers, sni)
         self._targets[key] = target
         return target
