@@ -58,6 +58,8 @@ from federation_presence.store.sqlite import SqliteStore
 from federation_presence.stream import PresenceStream
 
 HERE = ServerName("bench.local")
+ANSWER = b'{"pdus":{}}'
+ANSWER_HEADERS = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(ANSWER))]
 DEVICE = DeviceId("D")
 
 
@@ -148,7 +150,9 @@ def federation_client(stamps: Stamps, clock: SystemClock) -> FederationClient:
     async def answer(request: httpx.Request) -> httpx.Response:
         stamps.stamp(request.url.host, request.content)
         await anyio.lowlevel.checkpoint()  # the network wait: others run meanwhile
-        return httpx.Response(200, json={"pdus": {}})
+        # Shaped as httpx's own transport returns a response (header list,
+        # body stream), not encoded here with the stdlib's json per answer.
+        return httpx.Response(200, headers=ANSWER_HEADERS, stream=httpx.ByteStream(ANSWER))
 
     return FederationClient(
         HERE,

@@ -24,12 +24,15 @@ tests read); ``encode_push`` + ``transaction_bytes`` give it as canonical JSON
 bytes joined from pieces, which is what the sender sends. A push's pieces do
 not depend on the send time (``last_active_ago`` is written between them at
 ``now``), so each user's state is encoded once and shared by every
-destination (``PushEncodings``); a destination's own cost is the join. A test
-holds the bytes equal to the reference ``canonicaljson`` of the dict.
+destination (``PushEncodings``); a destination's own cost is the join, and
+not even that when it sends the same states in the same ms as the
+destination before it (``TransactionBodies``). A test holds the bytes equal
+to the reference ``canonicaljson`` of the dict.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,3 +348,38 @@ def transaction_bytes(
         append(_EDU_END)
     append(b'],"origin":%s,"origin_server_ts":%d,"pdus":[]}' % (origin_json, now))
     return CanonicalJson(b"".join(parts))
+
+
+class TransactionBodies:
+    """Transaction bodies from ``origin``, built with one ``PushEncodings``.
+
+    ``body(now, users)`` equals ``transaction_bytes(origin, now, [encodings
+    of users], pushes_per_edu)``. When ``now`` and the very same state
+    objects (``is``, in the same order) as the previous call are given, the
+    previous body is returned again: a change fanned out to many
+    destinations is the same objects in each of their batches, and most of
+    them send within the same ms, so their bodies (which depend on nothing
+    else) are built once. Only the last body is kept.
+    """
+
+    def __init__(self, origin: str, pushes_per_edu: int = MAX_PUSHES_PER_EDU) -> None:
+        self.origin = origin
+        self.pushes_per_edu = pushes_per_edu
+        self.encodings = PushEncodings()
+        self._last: tuple[int, Sequence[UserPresence], CanonicalJson] | None = None
+
+    def body(self, now: int, users: Sequence[UserPresence]) -> CanonicalJson:
+        last = self._last
+        if (
+            last is not None
+            and last[0] == now
+            and len(last[1]) == len(users)
+            and all(map(operator.is_, last[1], users))
+        ):
+            return last[2]
+        get = self.encodings.get
+        built = transaction_bytes(
+            self.origin, now, [get(user) for user in users], self.pushes_per_edu
+        )
+        self._last = (now, tuple(users), built)
+        return built

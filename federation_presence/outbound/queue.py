@@ -111,19 +111,30 @@ class DestinationQueue:
         suppressed = 0
         last_sent = self._last_sent
         granularity = self._granularity_ms
-        for user_id in list(self._owed):
-            if len(taken) >= max_pushes:
-                break
-            owed = self._owed.pop(user_id)
-            if not owed.forced and (
-                notify_reason(last_sent.get(user_id), owed.state, granularity) is None
-            ):
-                suppressed += 1
-                continue
-            taken[user_id] = owed
+        if len(self._owed) <= max_pushes:
+            # All of it fits (the usual case): take the dict whole, no pops.
+            candidates, self._owed = self._owed, {}
+            for user_id, owed in candidates.items():
+                if not owed.forced and (
+                    notify_reason(last_sent.get(user_id), owed.state, granularity) is None
+                ):
+                    suppressed += 1
+                else:
+                    taken[user_id] = owed
+        else:
+            for user_id in list(self._owed):
+                if len(taken) >= max_pushes:
+                    break
+                owed = self._owed.pop(user_id)
+                if not owed.forced and (
+                    notify_reason(last_sent.get(user_id), owed.state, granularity) is None
+                ):
+                    suppressed += 1
+                    continue
+                taken[user_id] = owed
         if taken:
             self._in_flight = taken
-        return Batch(tuple(owed.state for owed in taken.values()), suppressed)
+        return Batch(tuple([owed.state for owed in taken.values()]), suppressed)
 
     def acknowledged(self) -> None:
         """The transaction in flight was delivered: its states are what was last sent."""

@@ -91,8 +91,9 @@ Encoding once: a change routed to many destinations is the same
 encodes it to canonical JSON once (its ``last_active_ago`` is written in at
 each transaction's own ``now``, so it is exact), and each destination joins
 the pieces into its body (``edu.transaction_bytes``), which the client sends
-as it is and signs around (``xmatrix.CanonicalJson``). A destination's own
-cost is the join, the signature and the HTTP request.
+as it is and signs around (``xmatrix.CanonicalJson``); destinations that send
+the same states in the same ms share one body (``edu.TransactionBodies``).
+A destination's own cost is the signature and the HTTP request.
 
 Sharding: a destination is handled only by the instance ``sharding.owner``
 names; others ignore it.
@@ -113,7 +114,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from federation_presence.clock import Clock
 from federation_presence.errors import StoreError, UpstreamError
 from federation_presence.federation.client import DestinationError, RequestTimeouts
-from federation_presence.federation.edu import PushEncodings, transaction_bytes
+from federation_presence.federation.edu import TransactionBodies
 from federation_presence.ids import ServerName, UserId
 from federation_presence.outbound.backoff import retry_delay_ms
 from federation_presence.outbound.keepalive import KeepAliveSchedule
@@ -160,6 +161,7 @@ class _Destination:
     retry_at: int | None = None
     txn_epoch: int | None = None
     txn_counter: int = 0
+    txn_path: str = ""  # the send path less the counter, once the epoch is known
 
 
 @dataclass(eq=False)
@@ -204,7 +206,7 @@ class OutboundSender:
         self._keepalive_until: int | None = None
         self._keepalive_scope: anyio.CancelScope | None = None
         self._destinations: dict[ServerName, _Destination] = {}
-        self._encodings = PushEncodings()
+        self._bodies = TransactionBodies(server_name, settings.pushes_per_edu)
         self._linger: _Linger | None = None
         self._timeouts = RequestTimeouts(
             connect_ms=settings.connect_timeout_ms,
@@ -421,21 +423,13 @@ class OutboundSender:
             await linger.over.wait()
 
     async def _send(self, target: _Destination, users: tuple[UserPresence, ...]) -> None:
-        settings = self._settings
         destination = target.name
         txn_id = "?"
         started = self._clock.monotonic()
         try:
             txn_id = await self._next_txn_id(target)
-            now = self._clock.now_ms()
-            encodings = self._encodings
-            body = transaction_bytes(
-                self._server_name,
-                now,
-                [encodings.get(user) for user in users],
-                settings.pushes_per_edu,
-            )
-            path = f"/_matrix/federation/v1/send/{quote(txn_id, safe='')}"
+            body = self._bodies.body(self._clock.now_ms(), users)
+            path = f"{target.txn_path}{target.txn_counter}"
             answer = await self._client.put_json(destination, path, body, timeouts=self._timeouts)
             if not isinstance(answer.get("pdus"), dict):
                 raise DestinationError(
@@ -490,8 +484,12 @@ class OutboundSender:
             )
 
     async def _next_txn_id(self, target: _Destination) -> str:
+        """The next txn id; ``target.txn_path`` + ``target.txn_counter`` is its path."""
         if target.txn_epoch is None:
             target.txn_epoch = await self._store.next_txn_id(target.name)
+            stem = f"{self._settings.txn_id_prefix}{target.txn_epoch}_"
+            # The counter is digits: quoting the stem once quotes every id.
+            target.txn_path = f"/_matrix/federation/v1/send/{quote(stem, safe='')}"
         target.txn_counter += 1
         return f"{self._settings.txn_id_prefix}{target.txn_epoch}_{target.txn_counter}"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import httpx
 import orjson
 import pytest
@@ -345,3 +346,38 @@ async def test_a_destination_that_cannot_be_resolved_is_a_destination_error(
     with pytest.raises(DestinationError, match=f"cannot resolve: .*{problem}"):
         await client.get_json(destination, "/_matrix/federation/v1/version")
     assert peer.requests == []
+
+
+# --- the whole-request limit and cancellation -----------------------------------------
+
+
+async def test_a_peer_that_never_answers_is_cut_at_the_total_limit(
+    client: FederationClient, peer: FakePeer
+) -> None:
+    async def never(_request: httpx.Request) -> httpx.Response:
+        await anyio.Event().wait()
+        raise AssertionError("unreachable")
+
+    peer.handler = never
+    limits = RequestTimeouts(connect_ms=30_000, read_ms=30_000, total_ms=50)
+    with pytest.raises(DestinationError, match=r"timed out after .* 50 ms in all") as caught:
+        await client.put_json("remote.example:8448", "/_matrix/x", {}, timeouts=limits)
+    assert isinstance(caught.value.__cause__, TimeoutError)
+
+
+async def test_a_cancelled_caller_is_cancelled_not_timed_out(
+    client: FederationClient, peer: FakePeer
+) -> None:
+    """An anyio cancel scope around a request cancels it cleanly (no error of ours)."""
+    with anyio.CancelScope() as scope:
+
+        async def cancel_then_wait(_request: httpx.Request) -> httpx.Response:
+            scope.cancel()
+            await anyio.Event().wait()
+            raise AssertionError("unreachable")
+
+        peer.handler = cancel_then_wait
+        await client.put_json("remote.example:8448", "/_matrix/x", {})
+        raise AssertionError("the request returned inside a cancelled scope")
+    assert scope.cancelled_caught
+    assert len(peer.requests) == 1

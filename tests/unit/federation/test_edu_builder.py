@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from federation_presence.federation.edu import (
     MAX_SAFE_INT,
     PushEncodings,
+    TransactionBodies,
     encode_push,
     parse_transaction,
     presence_edus,
@@ -124,3 +125,24 @@ def test_the_encoded_builder_keeps_the_limits() -> None:
         encode_push(UserPresence(UserId("@a:here.example"), last_active_ts=-1))
     with pytest.raises(ValueError, match="canonical"):
         encode_push(UserPresence(UserId("@a:here.example"), status_msg="\ud800"))
+
+
+def test_the_same_states_at_the_same_ms_share_one_body_and_anything_else_is_rebuilt() -> None:
+    bodies = TransactionBodies(HERE, pushes_per_edu=2)
+    alice = UserPresence(UserId("@a:here.example"), PresenceState.ONLINE, NOW - 5_000, "hi", True)
+    bob = UserPresence(UserId("@b:here.example"), PresenceState.UNAVAILABLE, NOW - 9_000)
+    users = (alice, bob)
+    first = bodies.body(NOW, users)
+    encodings = PushEncodings()
+    assert first.data == transaction_bytes(HERE, NOW, [encodings.get(u) for u in users], 2).data
+    assert bodies.body(NOW, [alice, bob]) is first  # same objects, same ms: reused
+    later = bodies.body(NOW + 1, users)  # another ms: last_active_ago moved
+    assert later is not first
+    assert orjson.loads(later.data)["origin_server_ts"] == NOW + 1
+    equal_not_same = UserPresence(alice.user_id, PresenceState.ONLINE, NOW - 5_000, "hi", True)
+    assert bodies.body(NOW + 1, (equal_not_same, bob)) is not later
+    assert bodies.body(NOW + 1, (bob, equal_not_same)).data != later.data  # order counts
+    assert (
+        bodies.body(NOW + 1, (bob,)).data
+        == transaction_bytes(HERE, NOW + 1, [encode_push(bob)], 2).data
+    )

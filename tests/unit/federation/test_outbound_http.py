@@ -7,6 +7,7 @@ refused can be seen; the client tests use the same stack through
 
 from __future__ import annotations
 
+import gzip
 import random
 from collections.abc import AsyncIterator
 
@@ -234,3 +235,13 @@ async def test_read_bounded_cuts_a_stream_at_the_limit() -> None:
 async def test_read_bounded_refuses_a_declared_length_over_the_limit_before_reading() -> None:
     with pytest.raises(BodyTooLarge):
         await read_bounded(await stream_of(b"", headers={"Content-Length": "5"}), 4)
+
+
+async def test_read_bounded_decodes_a_body_sent_encoded_anyway_and_bounds_it_decoded() -> None:
+    # We ask for identity; a server that compresses anyway is decoded by httpx.
+    packed = gzip.compress(b'{"pdus":{}}')
+    encoded = {"Content-Encoding": "gzip"}
+    assert await read_bounded(await stream_of(packed, headers=encoded), 100) == b'{"pdus":{}}'
+    bomb = gzip.compress(b"0" * 10_000)
+    with pytest.raises(BodyTooLarge):
+        await read_bounded(await stream_of(bomb, headers=encoded), 1_000)
