@@ -373,3 +373,33 @@ async def test_a_journal_entry_it_cannot_read_is_refused_at_open(path: Path) -> 
     with pytest.raises(StoreError, match="unknown format"):
         await broken.open()
     await broken.close()
+
+
+async def test_a_fold_writes_every_value_exactly(path: Path) -> None:
+    """Rows that reach the tables by a fold, not by an upsert: text, null,
+    booleans and integers at the edges of 64 bits come back unchanged."""
+    edge_users = [
+        user("@unicode:x", status_msg="😀 é \\ \" \n\t end", currently_active=True),
+        user("@empty:x", PresenceState.UNAVAILABLE, status_msg=""),
+        user("@none:x", PresenceState.OFFLINE, status_msg=None, last_active_ts=0),
+        user("@big:x", PresenceState.BUSY, last_active_ts=2**63 - 1),
+        user("@negative:x", last_active_ts=-(2**63)),
+    ]
+    phone = device("@unicode:x", "PHONE ☎", PresenceState.BUSY)
+    store = SqliteStore(path, **QUIET)
+    await store.open()
+    try:
+        await store.apply(Outcome(notified(*edge_users).changes, (phone,)))
+        assert table_rows(path, "user_presence") == 0  # still in the journal
+        loaded = await store.load_users()  # a read folds the journal
+        devices = await store.load_devices()
+    finally:
+        await store.close()
+
+    assert sorted(loaded, key=lambda u: u.user_id) == sorted(edge_users, key=lambda u: u.user_id)
+    assert devices == [phone]
+    with behind_the_store(path) as conn:
+        types = conn.execute(
+            "SELECT DISTINCT typeof(last_active_ts), typeof(currently_active) FROM user_presence"
+        ).fetchall()
+    assert types == [("integer", "integer")]
