@@ -129,14 +129,20 @@ class PresenceStream:
                 self._current_id,
             )
             stream_id = self._current_id
-        for entry in changes:
-            if entry.stream_id != stream_id:
-                entry = StreamEntry(
-                    stream_id, entry.state, entry.is_local, entry.notify, entry.is_ping
-                )
-            self._entries.append(entry)
-        while len(self._entries) > self._window_entries:
-            self._floor = max(self._floor, self._entries.popleft().stream_id)
+        entries = self._entries
+        if all(entry.stream_id == stream_id for entry in changes):
+            entries.extend(changes)  # the keeper's case: entries_of stamped them
+        else:
+            entries.extend(
+                StreamEntry(stream_id, entry.state, entry.is_local, entry.notify, entry.is_ping)
+                for entry in changes
+            )
+        excess = len(entries) - self._window_entries
+        if excess > 0:
+            # Ids never decrease along the window: the last entry dropped has the greatest.
+            for _ in range(excess - 1):
+                entries.popleft()
+            self._floor = max(self._floor, entries.popleft().stream_id)
         if stream_id > self._current_id:
             self._current_id = stream_id
             event, self._changed = self._changed, anyio.Event()
