@@ -101,9 +101,10 @@ class JournalLimits:
         chunk): the store folds one such chunk after each group commit while
         over the limit, so the journal comes back under it within a round or
         two, and no fold holds the writer much longer than a group commit
-        does. A full chunk (20,000 rows, up to ~40 ms) after every few
-        hundred milliseconds of steady ingest was the worst 1 % of its
-        latency (BENCHMARKS.md, issue 18).
+        does: every group commit queued behind a fold waits for it, and a
+        full chunk (20,000 rows) held the writer for up to ~45 ms in the
+        ingest benchmarks (BENCHMARKS.md, issue 18). Idle, read, open and
+        close folds still take full chunks.
         """
         rows = max(self.size_fold_min, 2 * excess)
         return JournalLimits(
