@@ -28,9 +28,10 @@ Invariants:
 
 Synapse habits accepted on purpose: ``database.name: psycopg2`` as an alias of
 ``postgres``, ``database.args.dbname`` for ``database``, ``database.args``
-``cp_min``/``cp_max`` (kept, not used yet), Synapse-style listener ``resources: [{names: [...],
-compress: false}]`` and listener keys ``type: http``, ``tls``, ``x_forwarded``,
-and ``presence.presence_router`` as an alias of the top-level ``presence_router``.
+``cp_min``/``cp_max`` (the PostgreSQL read pool's bounds), Synapse-style
+listener ``resources: [{names: [...], compress: false}]`` and listener keys
+``type: http``, ``tls``, ``x_forwarded``, and ``presence.presence_router`` as
+an alias of the top-level ``presence_router``.
 """
 
 from __future__ import annotations
@@ -706,7 +707,8 @@ def _database(value: object, source: str | None) -> DatabaseConfig:
 
 
 def _pool_bounds(args: _Section) -> tuple[int | None, int | None]:
-    """Synapse's ``cp_min``/``cp_max``: checked and kept (SQLite has one writer anyway)."""
+    """Synapse's ``cp_min``/``cp_max``: checked; they size PostgreSQL's read pool
+    (SQLite has one connection and ignores them)."""
     cp_min = args.integer("cp_min", 1, 1) if args.has("cp_min") else None
     cp_max = args.integer("cp_max", 1, 1) if args.has("cp_max") else None
     if cp_min is not None and cp_max is not None and cp_min > cp_max:

@@ -70,6 +70,12 @@ class DatabaseSettings(Protocol):
     @property
     def txn_filter_capacity(self) -> int: ...  # 0: no txn filter
 
+    @property
+    def cp_min(self) -> int | None: ...  # PostgreSQL pool bounds (Synapse's keys)
+
+    @property
+    def cp_max(self) -> int | None: ...
+
 
 def open_store(database: DatabaseSettings, *, txn_retention_ms: int | None = None) -> Store:
     """The store ``database`` describes (not yet opened); ``ConfigError`` if it cannot be.
@@ -97,12 +103,19 @@ def open_store(database: DatabaseSettings, *, txn_retention_ms: int | None = Non
         if not database.dsn:
             raise ConfigError("database.dsn", "is required when database.name is 'postgres'")
         try:
-            from federation_presence.store.postgres import PostgresStore
+            from federation_presence.store.postgres import DEFAULT_POOL_SIZE, PostgresStore
         except ImportError as exc:
             raise ConfigError(
                 "database.name",
                 "'postgres' needs asyncpg: pip install 'federation-presence[postgres]'",
             ) from exc
+        # Synapse's pool bounds size the read pool (writes have a connection
+        # of their own); a cp_min alone raises the default size to it.
+        if database.cp_max is not None:
+            options["pool_size"] = database.cp_max
+        if database.cp_min is not None:
+            options["pool_min"] = database.cp_min
+            options.setdefault("pool_size", max(database.cp_min, DEFAULT_POOL_SIZE))
         return PostgresStore(database.dsn, **options)
     raise ConfigError("database.name", f"must be 'sqlite3' or 'postgres', not {database.name!r}")
 

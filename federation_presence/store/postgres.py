@@ -82,6 +82,9 @@ T = TypeVar("T")
 MAX_GROUP_WRITES = 4096
 """Calls written per transaction at most; the rest go in the next one."""
 
+DEFAULT_POOL_SIZE = 4
+"""Connections of the read pool unless ``database.args.cp_max`` says (writes have their own)."""
+
 _UPSERT_USERS = (
     f"INSERT INTO user_presence ({USER_COLUMNS}, stream_id)"
     " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],"
@@ -182,7 +185,8 @@ class PostgresStore:
         dsn: str,
         *,
         schema: str | None = None,
-        pool_size: int = 4,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_min: int = 1,
         connect_timeout_s: float = 10.0,
         command_timeout_s: float = 30.0,
         txn_filter_capacity: int = DEFAULT_CAPACITY,
@@ -192,9 +196,12 @@ class PostgresStore:
     ) -> None:
         if apply_timeout_s <= 0:
             raise ValueError("apply_timeout_s must be > 0")
+        if not 1 <= pool_min <= pool_size:
+            raise ValueError(f"need 1 <= pool_min <= pool_size, got {pool_min}, {pool_size}")
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
+        self.pool_min = pool_min
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
         self.txn_filter_capacity = txn_filter_capacity
@@ -266,7 +273,7 @@ class PostgresStore:
                 self._txn_filter = await self._load_txn_filter(self._conn, txn_filter_capacity)
             self._pool = await asyncpg.create_pool(
                 self.dsn,
-                min_size=1,
+                min_size=self.pool_min,
                 max_size=self.pool_size,
                 timeout=self.connect_timeout_s,
                 command_timeout=self.command_timeout_s,

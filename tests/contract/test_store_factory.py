@@ -16,6 +16,7 @@ from federation_presence.store.postgres import PostgresStore, redact_dsn
 from federation_presence.store.schema import load_migrations
 from federation_presence.store.sqlite import SqliteStore
 from federation_presence.store.txn_filter import DEFAULT_CAPACITY
+from tests.contract.conftest import Database
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class DatabaseConfig:
     synchronous: str = "full"
     apply_timeout_ms: int = 10_000
     txn_filter_capacity: int = 10_000_000
+    cp_min: int | None = None
+    cp_max: int | None = None
 
 
 def test_sqlite3_config_gives_a_sqlite_store_with_its_synchronous_mode() -> None:
@@ -33,6 +36,25 @@ def test_sqlite3_config_gives_a_sqlite_store_with_its_synchronous_mode() -> None
     assert isinstance(store, SqliteStore)
     assert store.path == Path("/tmp/x.db")
     assert store.synchronous == "normal"
+
+
+@pytest.mark.parametrize(
+    ("cp_min", "cp_max", "bounds"),
+    [
+        (None, None, (1, 4)),
+        (2, 10, (2, 10)),
+        (None, 10, (1, 10)),
+        (6, None, (6, 6)),  # a cp_min alone raises the default size to it
+    ],
+)
+def test_synapse_pool_bounds_size_the_postgres_read_pool(
+    cp_min: int | None, cp_max: int | None, bounds: tuple[int, int]
+) -> None:
+    store = open_store(
+        DatabaseConfig("postgres", dsn="postgresql://u@db/presence", cp_min=cp_min, cp_max=cp_max)
+    )
+    assert isinstance(store, PostgresStore)
+    assert (store.pool_min, store.pool_size) == bounds
 
 
 def test_postgres_config_gives_a_postgres_store_on_its_dsn() -> None:
@@ -114,3 +136,16 @@ def test_error_messages_never_show_the_database_password() -> None:
         "postgresql://fp:***@db:5432/presence"
     )
     assert redact_dsn("postgresql://fp@db/presence") == "postgresql://fp@db/presence"
+
+
+async def test_the_postgres_read_pool_opens_with_its_bounds(postgres_database: Database) -> None:
+    store = await postgres_database.opened_store(pool_min=2, pool_size=3)
+    assert isinstance(store, PostgresStore)
+    pool = store._pool  # what asyncpg made of the bounds
+    assert (pool.get_min_size(), pool.get_max_size()) == (2, 3)
+    assert pool.get_size() >= 2  # the minimum is connected at open
+
+
+def test_a_pool_minimum_above_its_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="pool_min"):
+        PostgresStore("postgresql://u@db/presence", pool_min=5, pool_size=4)
