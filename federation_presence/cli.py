@@ -145,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     config_path: Path | None = args.config
     config = load_config(config_path)
     _check_files(config)  # what check-config checks, before anything starts
+    _check_router(config)
     configure_logging(config.log_level)
     if config_path is None:
         logger.info("no --config given: embedded defaults (%s)", describe_config(config))
@@ -156,8 +157,23 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     key_state = _check_files(config)
-    print(f"OK: {describe_config(config)}; signing key: {config.signing_key_path} ({key_state})")
+    router = _check_router(config)
+    print(
+        f"OK: {describe_config(config)}; signing key: {config.signing_key_path} ({key_state})"
+        + router
+    )
     return EXIT_OK
+
+
+def _check_router(config: Config) -> str:
+    """Import the presence router module and parse its config (``ConfigError`` if
+    either fails); a suffix for the summary line, empty without a router."""
+    if config.presence_router is None:
+        return ""
+    from federation_presence.routing.modules import router_class
+
+    router_class(config.presence_router, config.source)
+    return f"; presence router: {config.presence_router.module} (imported, config parsed)"
 
 
 def _generate_key(args: argparse.Namespace) -> int:

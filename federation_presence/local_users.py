@@ -91,7 +91,9 @@ async def build_local_users(
     resend = OnlinePresenceResend(server_name, store.load_users)
     router = None
     if config.presence_router is not None:
-        module = load_router(config.presence_router, ModuleApi(server_name, resend.send))
+        module = load_router(
+            config.presence_router, ModuleApi(server_name, resend.send), config.source
+        )
         router = GuardedRouter(module, clock)
     routing = PresenceRouting(server_name, rooms.graph, keeper.held, router)
     wakeups = SyncWakeups(routing)

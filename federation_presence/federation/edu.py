@@ -199,9 +199,7 @@ def parse_push(raw: object, origin: ServerName, max_status_msg_length: int) -> R
     ):
         return DROP_BAD_STATUS_MSG
     # Positional: keywords cost a dataclass __init__ 0.34 µs more, per push.
-    return RemotePush(
-        origin, UserId(user_id), state, last_active_ago, currently_active, status_msg
-    )
+    return RemotePush(origin, UserId(user_id), state, last_active_ago, currently_active, status_msg)
 
 
 # -- outbound: building what we send ------------------------------------------

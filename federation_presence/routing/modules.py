@@ -63,26 +63,46 @@ NO_INTEREST = Interest(False, frozenset())
 ALL_INTEREST = Interest(True, frozenset())
 
 
-def load_router(config: PresenceRouterConfig, module_api: ModuleApi) -> object:
-    """Import ``config.module`` (``package.module.Class``), parse its config, build it."""
+def router_class(
+    config: PresenceRouterConfig, source: str | None = None
+) -> tuple[type[Any], object]:
+    """Import ``config.module`` (``package.module.Class``) and parse its config:
+    the class and its parsed config, or a ``ConfigError`` naming the key.
+
+    What ``check-config`` checks, without building the router (that needs the
+    running worker's module API).
+    """
     key = "presence_router.module"
     module_name, _, class_name = config.module.rpartition(".")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise ConfigError(key, f"cannot import {module_name!r}: {exc!r}", None) from exc
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ConfigError(key, f"{module_name!r} has no {class_name!r}", None)
+        raise ConfigError(key, f"cannot import {module_name!r}: {exc!r}", source) from exc
+    found = getattr(module, class_name, None)
+    if not isinstance(found, type):
+        raise ConfigError(key, f"{module_name!r} has no class {class_name!r}", source)
+    cls: Any = found  # a module's class: its methods are checked below
     for method in ("parse_config", "get_users_for_states", "get_interested_users"):
         if not callable(getattr(cls, method, None)):
-            raise ConfigError(key, f"{config.module} has no method {method}", None)
+            raise ConfigError(key, f"{config.module} has no method {method}", source)
     try:
         parsed = cls.parse_config(dict(config.config))
+    except Exception as exc:
+        problem = f"the router refused it: {exc!r}"
+        raise ConfigError("presence_router.config", problem, source) from exc
+    return cls, parsed
+
+
+def load_router(
+    config: PresenceRouterConfig, module_api: ModuleApi, source: str | None = None
+) -> object:
+    """Import ``config.module``, parse its config, build it."""
+    cls, parsed = router_class(config, source)
+    try:
         router: object = cls(parsed, module_api)
     except Exception as exc:
         problem = f"the router refused it: {exc!r}"
-        raise ConfigError("presence_router.config", problem, None) from exc
+        raise ConfigError("presence_router.config", problem, source) from exc
     return router
 
 

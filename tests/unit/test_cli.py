@@ -173,3 +173,36 @@ def test_log_lines_carry_timestamp_level_and_logger_name() -> None:
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} DEBUG federation_presence\.test: hello there\n",
         result.stderr,
     )
+
+
+def test_check_config_imports_the_presence_router_and_parses_its_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    module = "tests.interop.synapse_modules.interop_presence_router.InteropPresenceRouter"
+    (tmp_path / "fp.yaml").write_text(
+        f"server_name: example.org\npresence_router:\n  module: {module}\n", encoding="utf-8"
+    )
+    assert main(["check-config", "fp.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith(f"; presence router: {module} (imported, config parsed)\n")
+
+
+@pytest.mark.parametrize(
+    ("module", "problem"),
+    [
+        ("no_such_package.Router", "presence_router.module: cannot import 'no_such_package'"),
+        ("json.NoSuchRouter", "presence_router.module: 'json' has no class 'NoSuchRouter'"),
+        ("json.JSONDecoder", "presence_router.module: json.JSONDecoder has no method parse_config"),
+    ],
+)
+def test_check_config_names_the_file_and_key_of_a_router_that_does_not_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], module: str, problem: str
+) -> None:
+    path = tmp_path / "fp.yaml"
+    path.write_text(f"presence_router:\n  module: {module}\n", encoding="utf-8")
+    assert main(["check-config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"{path}: {problem}")
+    assert captured.err.count("\n") == 1
