@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+import anyio
 import orjson
 
 from federation_presence.api.request_log import ThrottledLog
@@ -255,7 +256,10 @@ class App:
             client=client_host,
         )
         try:
-            response = await handler(request)
+            if getattr(handler, "ends_on_disconnect", False):
+                response = await _until_disconnect(handler, request, receive)
+            else:
+                response = await handler(request)
         except PeerError as error:
             return self._refuse(request, error), False
         except StoreError as exc:
@@ -375,6 +379,42 @@ class App:
             "" if first else " (traceback logged at its first occurrence)",
             exc_info=exc if first else None,
         )
+
+
+def ends_on_disconnect(handler: Handler) -> Handler:
+    """Mark ``handler`` (a long wait, like a ``/sync`` long-poll) to be cancelled
+    when its client disconnects, instead of holding its wait to the end."""
+    handler.ends_on_disconnect = True  # type: ignore[attr-defined]
+    return handler
+
+
+async def _until_disconnect(handler: Handler, request: Request, receive: Receive) -> Response:
+    """``handler(request)``, cancelled if the client leaves first (then a 400 nobody reads).
+
+    The body was read whole, so the next ``receive`` returns only once the
+    client disconnects (or the answer is complete): a second task waits on it.
+    Only marked handlers pay for that task; ``/send`` does not.
+    """
+    answer: list[Response] = []
+    failed: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            answer.append(await handler(request))
+        except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+            failed.append(exc)
+        tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    if not answer:
+        raise PeerError(400, "M_UNKNOWN", "client disconnected")
+    return answer[0]
 
 
 def _unread(

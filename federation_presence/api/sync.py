@@ -32,7 +32,13 @@ from typing import Any
 
 import anyio
 
-from federation_presence.api.app import Request, Response, Router, json_response
+from federation_presence.api.app import (
+    Request,
+    Response,
+    Router,
+    ends_on_disconnect,
+    json_response,
+)
 from federation_presence.auth import TokenAuth, request_token
 from federation_presence.clock import Clock
 from federation_presence.errors import PeerError
@@ -229,4 +235,6 @@ def add_sync_routes(
                 await keeper.apply_local(SyncEnded(user_id, device_id, set_presence))
         return json_response(200, sync_body(states, position, clock.now_ms()))
 
-    router.add("GET", "/_matrix/client/v3/sync", handle_sync)
+    # A long-poll whose client left ends at once (its device stops syncing)
+    # instead of waiting out its timeout (up to 5 min) for nobody.
+    router.add("GET", "/_matrix/client/v3/sync", ends_on_disconnect(handle_sync))

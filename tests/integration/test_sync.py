@@ -20,7 +20,8 @@ from federation_presence.ids import ServerName, UserId
 from federation_presence.presence.inputs import RemotePush
 from federation_presence.presence.states import PresenceState
 from tests.fakes import wait_all_tasks_blocked
-from tests.integration.local_users import ALICE, BOB, CAROL, LocalWorker, local_worker
+from tests.integration.conftest import worker_client
+from tests.integration.local_users import ALICE, BOB, CAROL, LocalWorker, bearer, local_worker
 from tests.integration.tls_peer import TlsCertificates
 
 SECOND_MS = 1_000
@@ -233,3 +234,31 @@ async def test_a_caller_too_far_behind_gets_current_state(
     # Not carol's three changes: the current state of bob's interests.
     assert presence_of(body) == {ALICE: "online", BOB: "online"}
     assert int(body["next_batch"][1:]) == local.worker.stream.current_id  # type: ignore[union-attr]
+
+
+async def test_a_long_poll_whose_client_leaves_ends_at_once(
+    local: LocalWorker, certificates: TlsCertificates
+) -> None:
+    """Not at its timeout (60 s here): the wait is released and the device's
+    sync ends, so a client that hangs up holds nothing."""
+    since = (await local.sync("bob")).json()["next_batch"]
+    wakeups = local.worker.local_users.wakeups  # type: ignore[union-attr]
+
+    async with anyio.create_task_group() as tg:
+        async with worker_client(local.worker, certificates) as leaving:
+
+            async def long_poll() -> None:
+                await leaving.get(
+                    "/_matrix/client/v3/sync",
+                    params={"since": since, "timeout": "60000"},
+                    headers=bearer("bob"),
+                )
+
+            tg.start_soon(long_poll)
+            await local.waiting(1)
+            tg.cancel_scope.cancel()  # the request is abandoned, its connection closed
+    with anyio.fail_after(10):
+        while wakeups.waiting_count:
+            await wait_all_tasks_blocked()
+    # The worker still answers the next long-poll of the same device.
+    assert (await local.sync("bob", since=since, timeout="0")).status_code == 200
