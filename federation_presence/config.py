@@ -131,10 +131,14 @@ class FederationConfig:
     key_fetch_contended_timeout_ms: int = 2_000
 
 
+DEFAULT_ROUTER_TIMEOUT_MS = 5_000
+
+
 @dataclass(frozen=True, slots=True)
 class PresenceRouterConfig:
     module: str
     config: Mapping[str, object]
+    timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS  # each call to the module is cut off after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,7 +777,7 @@ _MODULE_RE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def _router(value: object, path: str, source: str | None) -> PresenceRouterConfig:
-    section = _Section(value, path, source, ("module", "config"))
+    section = _Section(value, path, source, ("module", "config", "timeout"))
     if not section.has("module"):
         raise section.error("module", "required: the router class, 'package.module.ClassName'")
     module = section.string("module", "")
@@ -782,7 +786,10 @@ def _router(value: object, path: str, source: str | None) -> PresenceRouterConfi
             "module", f"must be a dotted path 'package.module.ClassName', got {_describe(module)}"
         )
     config = {str(k): v for k, v in section.mapping("config").items()}
-    return PresenceRouterConfig(module=module, config=MappingProxyType(config))
+    timeout_ms = section.duration("timeout", DEFAULT_ROUTER_TIMEOUT_MS)
+    return PresenceRouterConfig(
+        module=module, config=MappingProxyType(config), timeout_ms=timeout_ms
+    )
 
 
 _FEDERATION_KEYS = _yaml_keys(FederationConfig)

@@ -94,7 +94,7 @@ async def build_local_users(
         module = load_router(
             config.presence_router, ModuleApi(server_name, resend.send), config.source
         )
-        router = GuardedRouter(module, clock)
+        router = GuardedRouter(module, clock, timeout_ms=config.presence_router.timeout_ms)
     routing = PresenceRouting(server_name, rooms.graph, keeper.held, router)
     wakeups = SyncWakeups(routing)
     resend.wake = wakeups.wake

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import anyio
 
 from federation_presence.clock import Clock
-from federation_presence.config import PresenceRouterConfig
+from federation_presence.config import DEFAULT_ROUTER_TIMEOUT_MS, PresenceRouterConfig
 from federation_presence.errors import ConfigError
 from federation_presence.ids import UserId, parse_user_id
 from federation_presence.presence.model import UserPresence
@@ -44,7 +44,7 @@ from federation_presence.routing.synapse_compat import ModuleApi, PresenceRouter
 
 logger = logging.getLogger(__name__)
 
-ROUTER_TIMEOUT_MS = 5_000
+ROUTER_TIMEOUT_MS = DEFAULT_ROUTER_TIMEOUT_MS  # `presence_router.timeout` unless configured
 INTEREST_CACHE_TTL_MS = 60_000
 INTEREST_CACHE_ENTRIES = 100_000
 

@@ -9,6 +9,7 @@ held up by it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +36,8 @@ from tests.integration.routers import HangingRouter, RaisingRouter
 from tests.integration.tls_peer import TlsCertificates
 
 WATCHER = "@watcher:remote.test"
+TIMEOUT_MS = 1_500
+assert TIMEOUT_MS * 3 < ROUTER_TIMEOUT_MS  # the steps asserted below tell the two apart
 EXAMPLE = PresenceRouterConfig(
     module="examples.presence_router.example_router.ExamplePresenceRouter",
     config=MappingProxyType(
@@ -147,9 +150,12 @@ async def test_a_hanging_router_is_timed_out_and_never_blocks_send(
     tmp_path: Path, certificates: TlsCertificates
 ) -> None:
     HangingRouter.entered = anyio.Event()
+    # A timeout of its own, shorter than the default: the clock steps below
+    # show it is the one applied.
+    hanging = dataclasses.replace(router("HangingRouter"), timeout_ms=TIMEOUT_MS)
     async with (
         running_origin(certificates) as origin,
-        local_worker(tmp_path, certificates, presence_router=router("HangingRouter")) as local,
+        local_worker(tmp_path, certificates, presence_router=hanging) as local,
     ):
         await local.put_status("alice-a", ALICE, {"presence": "online"})
         answered = anyio.Event()
@@ -179,9 +185,13 @@ async def test_a_hanging_router_is_timed_out_and_never_blocks_send(
             assert local.worker.keeper.held(UserId(rita)) is not None
             assert not answers
             # can_see asks get_interested_users, then get_users_for_states: each
-            # is cut off after ROUTER_TIMEOUT_MS of the worker's clock.
+            # is cut off after the configured timeout of the worker's clock,
+            # so two steps of it answer (the default 5 s would take eight).
+            steps = 0
             with anyio.fail_after(10):
                 while not answered.is_set():
-                    await local.clock.advance(ROUTER_TIMEOUT_MS)
+                    await local.clock.advance(TIMEOUT_MS)
+                    steps += 1
+            assert steps <= 3
         assert answers[0].status_code == 403
         assert local.worker.local_users.router.failures >= 2  # type: ignore[union-attr]

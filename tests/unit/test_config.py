@@ -312,6 +312,12 @@ HAPPY: list[tuple[str, dict[str, Any], Read, object]] = [
         lambda c: c.presence_router,
         PresenceRouterConfig("pkg.Router", {}),
     ),
+    (
+        "presence_router timeout",
+        {"presence_router": {"module": "pkg.Router", "timeout": "250ms"}},
+        lambda c: c.presence_router.timeout_ms,
+        250,
+    ),
     ("presence_router null", {"presence_router": None}, lambda c: c.presence_router, None),
     ("admin_token", {"admin_token": "s3cret-token"}, lambda c: c.admin_token, "s3cret-token"),
     ("log_level lower-cased", {"log_level": "DEBUG"}, lambda c: c.log_level, "debug"),
