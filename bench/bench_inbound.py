@@ -35,7 +35,7 @@ from federation_presence.federation.signing_keys import (
 from federation_presence.federation.xmatrix import authorization_header
 from federation_presence.ids import ServerName
 from federation_presence.keeper import PresenceKeeper
-from federation_presence.loadtest.plan import LoadShape, transaction_body
+from federation_presence.loadtest.plan import USER_KINDS, LoadShape, transaction_body
 from federation_presence.metrics import Metrics
 from federation_presence.presence.machine import PresenceMachine
 from federation_presence.store.sqlite import SqliteStore
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--origins", type=int, default=64)
     parser.add_argument(
         "--users",
-        choices=["warm", "cold"],
+        choices=USER_KINDS,
         default="warm",
         help="warm: 1,000 users per origin, cycled; cold: every push names a new user",
     )

@@ -94,6 +94,7 @@ from federation_presence.loadtest.grid import (
     parse_shape,
 )
 from federation_presence.loadtest.origins import SyntheticOrigin, serving_origins
+from federation_presence.loadtest.plan import USER_KINDS
 from federation_presence.loadtest.session import LoadSettings, Target, TlsFiles, run_load
 from federation_presence.loadtest.summary import (
     CLOSED,
@@ -404,7 +405,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--target", action="append", choices=["worker", "synapse"])
     parser.add_argument("--shape", action="append", help="EDUSxPUSHES, e.g. 1x50")
-    parser.add_argument("--users", action="append", choices=["warm", "cold"])
+    parser.add_argument("--users", action="append", choices=USER_KINDS)
     parser.add_argument("--origins", type=int, action="append", help="repeatable (default 16)")
     parser.add_argument("--users-per-origin", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)

@@ -61,7 +61,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
 STORE_RETRY_AFTER_S = 5
 # Refusal lines per window of ThrottledLog: enough to see what is going on,
 # few enough that a flood of bad requests is a handful of lines a minute.

@@ -84,6 +84,7 @@ from federation_presence.federation.key_fetch_slots import (
 )
 from federation_presence.federation.outbound_http import OutboundBusyError
 from federation_presence.federation.xmatrix import (
+    ED25519_SIGNATURE_BYTES,
     MAX_SAFE_INTEGER,
     XMatrixAuth,
     canonical_json_bytes,
@@ -100,7 +101,6 @@ MAX_KEYS_PER_RESPONSE = 32
 MAX_KEYS_PER_SERVER = 16
 MAX_NOTARY_ITEMS = 16
 _ED25519_KEY_BYTES = 32
-_ED25519_SIGNATURE_BYTES = 64
 _ED25519_KEY_ID_RE = re.compile(r"ed25519:[a-zA-Z0-9_]+")
 
 __all__ = [
@@ -170,7 +170,7 @@ def _is_int(value: object) -> bool:
 
 def _signature_bytes(signature: str) -> bytes | None:
     """64 ed25519 signature bytes, or None."""
-    return _base64_bytes(signature, _ED25519_SIGNATURE_BYTES)
+    return _base64_bytes(signature, ED25519_SIGNATURE_BYTES)
 
 
 def _verifies(verify_key: VerifyKey, message: bytes, signature: object) -> bool:

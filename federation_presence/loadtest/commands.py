@@ -68,7 +68,7 @@ def add_loadtest(commands: Any) -> None:
     load.add_argument("--users-per-origin", type=int, default=100)
     load.add_argument(
         "--users",
-        choices=["warm", "cold"],
+        choices=["warm", "cold"],  # plan.USER_KINDS (plan is imported lazily)
         default="warm",
         help="warm: known users (primed untimed); cold: users never seen",
     )

@@ -2,7 +2,8 @@
 
 The sender never reads rooms or router modules itself; it asks a
 ``DestinationSource``. The routing package (room memberships, presence
-router modules) implements it; tests use a small in-memory one.
+router modules) implements it (``routing.presence_routing``); tests use a
+small in-memory one.
 """
 
 from __future__ import annotations
@@ -19,12 +20,3 @@ class DestinationSource(Protocol):
     ) -> Mapping[ServerName, Collection[UserId]]:
         """Remote servers (never our own) that should receive these local users' presence."""
         ...
-
-
-class NoDestinations:
-    """Routes nobody anywhere: the worker's default until a routing source is given."""
-
-    async def destinations_for(
-        self, user_ids: Collection[UserId]
-    ) -> Mapping[ServerName, Collection[UserId]]:
-        return {}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+from anyio.abc import TaskGroup
 
 from federation_presence.clock import SystemClock
 from federation_presence.config import AccessTokenConfig
@@ -92,3 +93,30 @@ async def local_worker(
         worker_client(worker, certificates) as http,
     ):
         yield LocalWorker(worker, http, clock)
+
+
+@dataclasses.dataclass
+class Pending:
+    """A request running in the background (a long-poll); its answer once it came."""
+
+    answered: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    response: httpx.Response | None = None
+
+    async def answer(self) -> httpx.Response:
+        """The response, waiting for it at most 10 s."""
+        with anyio.fail_after(10):
+            await self.answered.wait()
+        assert self.response is not None
+        return self.response
+
+
+def in_background(tg: TaskGroup, request: Callable[[], Awaitable[httpx.Response]]) -> Pending:
+    """Start ``request()`` in ``tg``; its answer arrives in the returned ``Pending``."""
+    pending = Pending()
+
+    async def run() -> None:
+        pending.response = await request()
+        pending.answered.set()
+
+    tg.start_soon(run)
+    return pending

@@ -21,13 +21,13 @@ from federation_presence.keeper import PresenceKeeper
 from federation_presence.metrics import Metrics
 from federation_presence.presence.inputs import RemotePush
 from federation_presence.presence.machine import PresenceMachine
-from federation_presence.presence.model import NotifyReason, Outcome, PresenceSettings
+from federation_presence.presence.model import NotifyReason, PresenceSettings
 from federation_presence.presence.states import PresenceState
 from federation_presence.store.base import InboundTxn
-from federation_presence.store.sqlite import SqliteStore
 from federation_presence.stream import PresenceStream
 from tests.contract.samples import notified, user
 from tests.fakes import FakeClock
+from tests.integration.failing_store import FailingOnce
 
 OURS = ServerName("ours.example")
 THEIRS = ServerName("theirs.example")
@@ -38,10 +38,8 @@ ON = PresenceState.ONLINE
 OFF = PresenceState.OFFLINE
 
 
-class CountingStore(SqliteStore):
+class CountingStore(FailingOnce):
     """The real store; counts ``get_users`` calls, fails one ``apply`` on request."""
-
-    fail_next = False
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -50,12 +48,6 @@ class CountingStore(SqliteStore):
     async def get_users(self, user_ids: Sequence[str]) -> list:  # type: ignore[type-arg]
         self.reads.append(list(user_ids))
         return await super().get_users(user_ids)
-
-    async def apply(self, outcome: Outcome, txn: InboundTxn | None = None) -> int:
-        if self.fail_next:
-            self.fail_next = False
-            raise StoreError("simulated outage")
-        return await super().apply(outcome, txn)
 
 
 @pytest.fixture

@@ -17,27 +17,13 @@ from federation_presence.keeper import PresenceKeeper
 from federation_presence.metrics import Metrics
 from federation_presence.presence.inputs import RemotePush
 from federation_presence.presence.machine import PresenceMachine
-from federation_presence.presence.model import Outcome
 from federation_presence.presence.states import PresenceState
-from federation_presence.store.base import InboundTxn
-from federation_presence.store.sqlite import SqliteStore
 from tests.fakes import FakeClock
+from tests.integration.failing_store import FailingOnce
 
 THEIRS = ServerName("theirs.example")
 ALICE = UserId("@alice:theirs.example")
 BOB = UserId("@bob:theirs.example")
-
-
-class FailingOnce(SqliteStore):
-    """A real store whose next ``apply`` fails once when ``fail_next`` is set."""
-
-    fail_next = False
-
-    async def apply(self, outcome: Outcome, txn: InboundTxn | None = None) -> int:
-        if self.fail_next:
-            self.fail_next = False
-            raise StoreError("simulated outage")
-        return await super().apply(outcome, txn)
 
 
 @pytest.fixture

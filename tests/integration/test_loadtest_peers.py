@@ -18,7 +18,7 @@ from federation_presence.federation.signing_keys import (
     generate_signing_key,
 )
 from federation_presence.loadtest.probe import ProbeOptions, probe
-from federation_presence.loadtest.runner import send_requests
+from federation_presence.loadtest.runner import RunResult, send_requests
 from tests.integration.tls_peer import TlsCertificates, serve_tls
 
 SLOW_MS = 100
@@ -50,19 +50,26 @@ async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
     await _answer(send, 200, b"{}")
 
 
+async def to_the_slow_peer(
+    certificates: TlsCertificates, lanes: list[list[bytes]], duration_s: float, rate: float | None
+) -> RunResult:
+    """``send_requests`` over ``lanes`` to a peer answering each request after SLOW_MS."""
+    async with serve_tls(slow_app, certificates) as peer:
+        return await send_requests(
+            "localhost",
+            peer.port,
+            lanes,
+            SystemClock(),
+            duration_s=duration_s,
+            ssl_context=_context(certificates),
+            rate=rate,
+        )
+
+
 async def test_open_loop_shows_a_slow_target_as_latency(certificates: TlsCertificates) -> None:
     # One connection, 5 transactions due every 20 ms, a target taking 100 ms each:
     # the 5th is due at 80 ms but cannot be answered before 500 ms.
-    async with serve_tls(slow_app, certificates) as peer:
-        result = await send_requests(
-            "localhost",
-            peer.port,
-            [[REQUEST] * 5],
-            SystemClock(),
-            duration_s=30,
-            ssl_context=_context(certificates),
-            rate=50.0,
-        )
+    result = await to_the_slow_peer(certificates, [[REQUEST] * 5], 30, rate=50.0)
     assert result.ok == 5
     assert max(result.latencies_ms) >= 5 * SLOW_MS - 4 * 20
     # Answers come >= 100 ms apart, dues 20 ms apart: the backlog grows each time.
@@ -74,16 +81,7 @@ async def test_open_loop_records_how_late_each_transaction_left(
 ) -> None:
     # One lane, 5 transactions due every 20 ms, 100 ms per answer: the 5th
     # leaves after 4 answers (>= 400 ms) though it was due at 80 ms.
-    async with serve_tls(slow_app, certificates) as peer:
-        result = await send_requests(
-            "localhost",
-            peer.port,
-            [[REQUEST] * 5],
-            SystemClock(),
-            duration_s=30,
-            ssl_context=_context(certificates),
-            rate=50.0,
-        )
+    result = await to_the_slow_peer(certificates, [[REQUEST] * 5], 30, rate=50.0)
     assert len(result.send_lag_ms) == 5
     assert result.send_lag_ms == sorted(result.send_lag_ms)
     assert result.send_lag_ms[-1] >= 4 * SLOW_MS - 4 * 20
@@ -95,31 +93,14 @@ async def test_open_loop_does_not_wait_for_transactions_due_after_the_end(
     # Three lanes at 0.5/s for 0.5 s: only the first transaction is due in the
     # run; the others (due at 2 s and 4 s) are not waited for, so the run does
     # not last until 4 s.
-    async with serve_tls(slow_app, certificates) as peer:
-        result = await send_requests(
-            "localhost",
-            peer.port,
-            [[REQUEST] * 2, [REQUEST] * 2, [REQUEST] * 2],
-            SystemClock(),
-            duration_s=0.5,
-            ssl_context=_context(certificates),
-            rate=0.5,
-        )
+    result = await to_the_slow_peer(certificates, [[REQUEST] * 2] * 3, 0.5, rate=0.5)
     assert result.ok == 1
     assert len(result.send_lag_ms) == 1
     assert result.elapsed_s < 2.0
 
 
 async def test_closed_loop_counts_latency_from_the_send(certificates: TlsCertificates) -> None:
-    async with serve_tls(slow_app, certificates) as peer:
-        result = await send_requests(
-            "localhost",
-            peer.port,
-            [[REQUEST] * 3],
-            SystemClock(),
-            duration_s=30,
-            ssl_context=_context(certificates),
-        )
+    result = await to_the_slow_peer(certificates, [[REQUEST] * 3], 30, rate=None)
     assert result.ok == 3
     # Each from its own send (no backlog to carry): all at least the target's time.
     assert min(result.latencies_ms) >= SLOW_MS

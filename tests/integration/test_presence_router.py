@@ -15,7 +15,6 @@ from pathlib import Path
 from types import MappingProxyType
 
 import anyio
-import httpx
 import orjson
 import pytest
 
@@ -29,6 +28,7 @@ from tests.integration.local_users import (
     CAROL,
     GOBBLER,
     LocalWorker,
+    in_background,
     local_worker,
 )
 from tests.integration.origin import presence_edu, running_origin
@@ -82,20 +82,13 @@ async def test_the_example_router_routes_to_remote_servers_except_blacklisted(
 
 async def test_an_all_users_long_poll_wakes_on_anyones_change(example: LocalWorker) -> None:
     since = (await example.sync("gobbler")).json()["next_batch"]
-    answered = anyio.Event()
-    answers: list[httpx.Response] = []
-
-    async def long_poll() -> None:
-        answers.append(await example.sync("gobbler", since=since, timeout="60000"))
-        answered.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(long_poll)
+        poll = in_background(tg, lambda: example.sync("gobbler", since=since, timeout="60000"))
         await example.waiting(1)
         await example.put_status("carol", CAROL, {"presence": "unavailable"})
-        with anyio.fail_after(10):
-            await answered.wait()
-    events = answers[0].json()["presence"]["events"]
+        answer = await poll.answer()
+    events = answer.json()["presence"]["events"]
     assert [(e["sender"], e["content"]["presence"]) for e in events] == [(CAROL, "unavailable")]
 
 
@@ -105,24 +98,16 @@ async def test_send_local_online_presence_to_gives_a_local_user_full_presence(
     await example.set_room("!r:fp.test", [ALICE, BOB])
     await example.put_status("alice-a", ALICE, {"presence": "online"})
     since = (await example.sync("bob")).json()["next_batch"]
-    answered = anyio.Event()
-    answers: list[httpx.Response] = []
-
-    async def long_poll() -> None:
-        answers.append(await example.sync("bob", since=since, timeout="60000"))
-        answered.set()
-
     local = example.worker.local_users
     assert local is not None
     assert local.router is not None
     module_api = local.router._module._module_api
     async with anyio.create_task_group() as tg:
-        tg.start_soon(long_poll)
+        poll = in_background(tg, lambda: example.sync("bob", since=since, timeout="60000"))
         await example.waiting(1)
         await module_api.send_local_online_presence_to([BOB])
-        with anyio.fail_after(10):
-            await answered.wait()
-    senders = {e["sender"] for e in answers[0].json()["presence"]["events"]}
+        answer = await poll.answer()
+    senders = {e["sender"] for e in answer.json()["presence"]["events"]}
     assert senders == {ALICE, BOB}
 
 
@@ -158,15 +143,8 @@ async def test_a_hanging_router_is_timed_out_and_never_blocks_send(
         local_worker(tmp_path, certificates, presence_router=hanging) as local,
     ):
         await local.put_status("alice-a", ALICE, {"presence": "online"})
-        answered = anyio.Event()
-        answers: list[httpx.Response] = []
-
-        async def get_alice_as_bob() -> None:
-            answers.append(await local.get_status("bob", ALICE))
-            answered.set()
-
         async with anyio.create_task_group() as tg:
-            tg.start_soon(get_alice_as_bob)
+            status = in_background(tg, lambda: local.get_status("bob", ALICE))
             with anyio.fail_after(10):
                 await HangingRouter.entered.wait()
             # While the router hangs, /send is served.
@@ -183,15 +161,15 @@ async def test_a_hanging_router_is_timed_out_and_never_blocks_send(
             )
             assert sent.status_code == 200
             assert local.worker.keeper.held(UserId(rita)) is not None
-            assert not answers
+            assert not status.answered.is_set()
             # can_see asks get_interested_users, then get_users_for_states: each
             # is cut off after the configured timeout of the worker's clock,
             # so two steps of it answer (the default 5 s would take eight).
             steps = 0
             with anyio.fail_after(10):
-                while not answered.is_set():
+                while not status.answered.is_set():
                     await local.clock.advance(TIMEOUT_MS)
                     steps += 1
             assert steps <= 3
-        assert answers[0].status_code == 403
+        assert (await status.answer()).status_code == 403
         assert local.worker.local_users.router.failures >= 2  # type: ignore[union-attr]

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from federation_presence.ids import ServerName, UserId
@@ -21,7 +20,15 @@ from federation_presence.presence.inputs import RemotePush
 from federation_presence.presence.states import PresenceState
 from tests.fakes import wait_all_tasks_blocked
 from tests.integration.conftest import worker_client
-from tests.integration.local_users import ALICE, BOB, CAROL, LocalWorker, bearer, local_worker
+from tests.integration.local_users import (
+    ALICE,
+    BOB,
+    CAROL,
+    LocalWorker,
+    bearer,
+    in_background,
+    local_worker,
+)
 from tests.integration.tls_peer import TlsCertificates
 
 SECOND_MS = 1_000
@@ -114,15 +121,9 @@ async def test_a_long_poll_wakes_on_a_relevant_change_and_not_an_irrelevant_one(
     await local.put_status("carol", CAROL, {"presence": "online"})
     since = (await local.sync("bob")).json()["next_batch"]
     wakeups = local.worker.local_users.wakeups  # type: ignore[union-attr]
-    answers: list[httpx.Response] = []
-    answered = anyio.Event()
-
-    async def long_poll() -> None:
-        answers.append(await local.sync("bob", since=since, timeout="60000"))
-        answered.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(long_poll)
+        poll = in_background(tg, lambda: local.sync("bob", since=since, timeout="60000"))
         await local.waiting(1)
         woken = wakeups.woken
         # Irrelevant: carol shares no room with bob.
@@ -130,17 +131,16 @@ async def test_a_long_poll_wakes_on_a_relevant_change_and_not_an_irrelevant_one(
         assert irrelevant.status_code == 200
         await wait_all_tasks_blocked()
         assert wakeups.woken == woken
-        assert not answers
+        assert not poll.answered.is_set()
         assert wakeups.waiting_count == 1
         # Relevant: alice is bob's room mate.
         relevant = await local.put_status(
             "alice-a", ALICE, {"presence": "busy", "status_msg": "focus"}
         )
         assert relevant.status_code == 200
-        with anyio.fail_after(10):
-            await answered.wait()
+        answer = await poll.answer()
     assert wakeups.woken == woken + 1
-    body = answers[0].json()
+    body = answer.json()
     assert presence_of(body) == {ALICE: "org.matrix.msc3026.busy"}
     assert body["next_batch"] != since
 
@@ -149,44 +149,30 @@ async def test_a_long_poll_wakes_on_a_remote_room_mate(local: LocalWorker) -> No
     remote = "@rita:remote.test"
     await local.set_room("!r:remote.test", [BOB, remote])
     since = (await local.sync("bob")).json()["next_batch"]
-    answers: list[httpx.Response] = []
-    answered = anyio.Event()
-
-    async def long_poll() -> None:
-        answers.append(await local.sync("bob", since=since, timeout="60000"))
-        answered.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(long_poll)
+        poll = in_background(tg, lambda: local.sync("bob", since=since, timeout="60000"))
         await local.waiting(1)
         await local.worker.keeper.apply_remote(
             [RemotePush(ServerName("remote.test"), UserId(remote), PresenceState.ONLINE, 0, True)]
         )
-        with anyio.fail_after(10):
-            await answered.wait()
-    assert presence_of(answers[0].json()) == {remote: "online"}
+        answer = await poll.answer()
+    assert presence_of(answer.json()) == {remote: "online"}
 
 
 async def test_a_long_poll_with_nothing_new_answers_empty_at_its_timeout(
     local: LocalWorker,
 ) -> None:
     since = (await local.sync("bob")).json()["next_batch"]
-    answers: list[httpx.Response] = []
-    answered = anyio.Event()
-
-    async def long_poll() -> None:
-        answers.append(await local.sync("bob", since=since, timeout="30000"))
-        answered.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(long_poll)
+        poll = in_background(tg, lambda: local.sync("bob", since=since, timeout="30000"))
         await local.waiting(1)
         await local.clock.advance(29 * SECOND_MS)
-        assert not answers
+        assert not poll.answered.is_set()
         await local.clock.advance(1 * SECOND_MS)
-        with anyio.fail_after(10):
-            await answered.wait()
-    body = answers[0].json()
+        answer = await poll.answer()
+    body = answer.json()
     assert body["presence"]["events"] == []
     assert body["next_batch"] == since
     # The device was syncing throughout: still online, not timed out.
