@@ -28,7 +28,7 @@ destination, which is the position the sender persists for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from federation_presence.ids import UserId
@@ -111,30 +111,30 @@ class DestinationQueue:
         suppressed = 0
         last_sent = self._last_sent
         granularity = self._granularity_ms
+        candidates: Iterable[tuple[UserId, Owed]]
         if len(self._owed) <= max_pushes:
             # All of it fits (the usual case): take the dict whole, no pops.
-            candidates, self._owed = self._owed, {}
-            for user_id, owed in candidates.items():
-                if not owed.forced and (
-                    notify_reason(last_sent.get(user_id), owed.state, granularity) is None
-                ):
-                    suppressed += 1
-                else:
-                    taken[user_id] = owed
+            whole, self._owed = self._owed, {}
+            candidates = whole.items()
         else:
-            for user_id in list(self._owed):
-                if len(taken) >= max_pushes:
-                    break
-                owed = self._owed.pop(user_id)
-                if not owed.forced and (
-                    notify_reason(last_sent.get(user_id), owed.state, granularity) is None
-                ):
-                    suppressed += 1
-                    continue
-                taken[user_id] = owed
+            candidates = self._pop_oldest()
+        for user_id, owed in candidates:
+            if not owed.forced and (
+                notify_reason(last_sent.get(user_id), owed.state, granularity) is None
+            ):
+                suppressed += 1
+                continue
+            taken[user_id] = owed
+            if len(taken) >= max_pushes:
+                break  # the rest stays owed: the generator popped no further
         if taken:
             self._in_flight = taken
         return Batch(tuple([owed.state for owed in taken.values()]), suppressed)
+
+    def _pop_oldest(self) -> Iterator[tuple[UserId, Owed]]:
+        """Owed states oldest first, each popped only when asked for."""
+        for user_id in list(self._owed):
+            yield user_id, self._owed.pop(user_id)
 
     def acknowledged(self) -> None:
         """The transaction in flight was delivered: its states are what was last sent."""
