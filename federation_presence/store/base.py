@@ -115,7 +115,9 @@ class StoreStats:
     ``fold_rows_read`` (journal rows they consumed), ``fold_rows_written``
     (rows they wrote to the presence tables: read minus superseded) and
     ``failed_folds``. ``txn_lookups_filtered`` counts ``get_txn_response``
-    calls the in-memory txn filter answered without the database.
+    calls the in-memory txn filter answered without the database,
+    ``user_reads_filtered`` the user ids ``get_users`` did not read because
+    the in-memory user filter knew them absent.
     ``prunes`` counts prune transactions committed (never part of
     ``commits``), ``timeouts`` the waits that gave up after
     ``apply_timeout_s``.
@@ -132,6 +134,7 @@ class StoreStats:
     fold_rows_written: int = 0
     failed_folds: int = 0
     txn_lookups_filtered: int = 0
+    user_reads_filtered: int = 0
     prunes: int = 0
     timeouts: int = 0
 

@@ -165,6 +165,10 @@ _SHRINK_BELOW = 4
 _SHRINK_MIN = 1024
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
 class JournalIndex:
     """Which journal entry holds the latest row of each user and device (see module doc).
 
@@ -205,14 +209,21 @@ class JournalIndex:
 
     def record(
         self, seq: int, users: Sequence[Sequence[Any]], devices: Sequence[Sequence[Any]]
-    ) -> None:
-        """Entry ``seq`` (greater than every recorded one) holds these rows (unique keys)."""
+    ) -> list[str]:
+        """Entry ``seq`` (greater than every recorded one) holds these rows (unique keys).
+
+        Returns the users that had no row in the journal before.
+        """
         # once per row: C-level map/Counter/update instead of a Python loop
         entries = self._entries
         superseded: Counter[int | None] = Counter()
+        new_users: list[str] = []
         if users:
             user_ids = [row[0] for row in users]
-            superseded.update(map(self._user_seq.get, user_ids))
+            previous_seqs = list(map(self._user_seq.get, user_ids))
+            superseded.update(previous_seqs)
+            if None in superseded:
+                new_users = list(itertools.compress(user_ids, map(_is_none, previous_seqs)))
             self._user_seq.update(zip(user_ids, itertools.repeat(seq)))
             self._user_stream.update([(row[0], row[7]) for row in users if row[7]])
         if devices:
@@ -229,6 +240,7 @@ class JournalIndex:
         live = len(self._user_seq) + len(self._device_seq)
         if live > self._high:
             self._high = live
+        return new_users
 
     def oldest_seq(self) -> int | None:
         """The oldest entry's seq; None if the journal is empty."""

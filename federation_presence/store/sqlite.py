@@ -102,6 +102,18 @@ writer's commit; a possible hit reads the table as before. Keys are added
 when ``apply`` is called, loaded at ``open``, and dropped after a prune (see
 that module). ``txn_filter_capacity=0`` turns it off.
 
+Read-through filter. ``get_users`` first asks ``user_filter.StoredUsers``
+which of its ids may be stored: the keeper reads through every remote user
+the machine does not hold, and for users never seen each such read used to
+wait behind the writer's fold or commit and cost a B-tree lookup per id. The
+writer adds each user new to the journal before its group's callers are
+answered; a second thread scans the table once after ``open`` (read-only
+connection, off the writer thread) and until that is merged every id is
+read. A second connection writing the file is noticed at this store's next
+transaction, which turns the filter off for good; until then a user only
+that connection wrote may read as absent (as with the txn filter).
+``user_filter_bits_log2=None`` turns it off.
+
 Durability: ``synchronous=FULL`` fsyncs the WAL at every commit (survives
 power loss); ``normal`` fsyncs only at checkpoints (survives ``kill -9`` of
 this process, may lose the latest commits on power loss).
@@ -110,6 +122,7 @@ this process, may lose the latest commits on power loss).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -152,11 +165,13 @@ from federation_presence.store.sqlite_writer import (
     store_error,
 )
 from federation_presence.store.txn_filter import DEFAULT_CAPACITY, DEFAULT_RETENTION_MS, TxnFilter
+from federation_presence.store.user_filter import DEFAULT_BITS_LOG2, StoredUsers
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 MAX_DRAIN_ITEMS = 256
+SCAN_BATCH_ROWS = 10_000
 """Queue items taken per round; bounds one transaction's size and a read's wait."""
 
 DEFAULT_IDLE_FOLD_DELAY_S = 0.1
@@ -179,7 +194,16 @@ class _UsersRead:
         self.fut = fut
 
 
-_Item = list[Write] | Read | SeparateWrite | _Stop | _UsersRead
+class _UsersScanned:
+    """The users the table held at open, scanned off the writer thread (``_scan_users``)."""
+
+    __slots__ = ("scanned",)
+
+    def __init__(self, scanned: StoredUsers):
+        self.scanned = scanned
+
+
+_Item = list[Write] | Read | SeparateWrite | _Stop | _UsersRead | _UsersScanned
 
 
 class SqliteStore:
@@ -206,6 +230,7 @@ class SqliteStore:
         idle_fold_delay_s: float | None = DEFAULT_IDLE_FOLD_DELAY_S,
         txn_filter_capacity: int = DEFAULT_CAPACITY,
         txn_retention_ms: int = DEFAULT_RETENTION_MS,
+        user_filter_bits_log2: int | None = DEFAULT_BITS_LOG2,
         apply_timeout_s: float = DEFAULT_APPLY_TIMEOUT_S,
         on_fold: Callable[[FoldReport], None] | None = None,
     ) -> None:
@@ -222,11 +247,13 @@ class SqliteStore:
         self.idle_fold_delay_s = idle_fold_delay_s
         self.txn_filter_capacity = txn_filter_capacity
         self.txn_retention_ms = txn_retention_ms
+        self.user_filter_bits_log2 = user_filter_bits_log2
         self.apply_timeout_s = apply_timeout_s
         self.stats = StoreStats()
         self._deadlines = CallerDeadlines(apply_timeout_s, self.stats)
         self._on_fold = on_fold
         self._txn_filter: TxnFilter | None = None
+        self._stored_users: StoredUsers | None = None
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._pending: list[Write] = []
         self._separate: list[SeparateWrite] = []
@@ -235,6 +262,8 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._stopped = asyncio.Event()
+        self.users_scanned = asyncio.Event()
+        """Set once the user filter holds every user stored at open (``get_users``)."""
 
     @property
     def txn_filter(self) -> TxnFilter | None:
@@ -311,11 +340,15 @@ class SqliteStore:
         return await self._read(lambda conn: sql.get_user(conn, user_id), presence=True)
 
     async def get_users(self, user_ids: Sequence[str]) -> list[UserPresence]:
-        if not user_ids:
+        loop = self._running_loop()
+        stored = self._stored_users
+        asked = list(user_ids) if stored is None else stored.maybe_stored(user_ids)
+        self.stats.user_reads_filtered += len(user_ids) - len(asked)
+        if not asked:
             return []
-        fut: asyncio.Future[list[UserPresence]] = self._running_loop().create_future()
-        self._queue.put(_UsersRead(list(user_ids), fut))
-        return await fut
+        fut: asyncio.Future[list[UserPresence]] = loop.create_future()
+        self._queue.put(_UsersRead(asked, fut))
+        return await self._deadlines.answer(fut, "a store read")
 
     async def load_live_users(self, local_suffix: str) -> list[UserPresence]:
         return await self._read(lambda conn: sql.load_live_users(conn, local_suffix), presence=True)
@@ -477,6 +510,13 @@ class SqliteStore:
             error = exc if isinstance(exc, StoreError) else store_error("cannot open", exc)
             self._post(loop, [(opened, None, error)])
             return
+        bits_log2 = self.user_filter_bits_log2
+        if bits_log2 is not None:
+            # set before ``opened`` is answered; the table is scanned off this thread
+            writer.stored_users = self._stored_users = StoredUsers(bits_log2)
+            threading.Thread(
+                target=self._scan_users, args=(bits_log2,), name="sqlite user scan", daemon=True
+            ).start()
         self._post(loop, [(opened, txn_filter, None)], reports)
         while True:
             items = self._take(loop, writer)
@@ -498,6 +538,10 @@ class SqliteStore:
                     user_reads.append(item)
                 elif type(item) is _Stop:
                     stop = item
+                elif type(item) is _UsersScanned and writer.stored_users is not None:
+                    writer.stored_users.merge(item.scanned)
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(self.users_scanned.set)
             if reads:
                 self._run_reads(writer, reads, settled, reports)
             for user_read in user_reads:
@@ -523,6 +567,29 @@ class SqliteStore:
                 self._fold_one_chunk(loop, writer, FoldTrigger.SIZE)
             if writer.checkpoint_due():
                 self._checkpoint(writer)
+
+    def _scan_users(self, bits_log2: int) -> None:
+        """Every user the table holds, into a filter handed to the writer thread.
+
+        Its own read-only connection: a snapshot of the table as the journal
+        recovery left it, read while the writer serves. Rows written since
+        were added by the writer as they were appended (``StoredUsers``).
+        Until the writer merges this, ``get_users`` reads every id it is asked.
+        """
+        scanned = StoredUsers(bits_log2)
+        try:
+            conn = sql.connect_read_only(self.path)
+            try:
+                cursor = conn.execute(sql.SELECT_USER_IDS)
+                while not self._closed and (rows := cursor.fetchmany(SCAN_BATCH_ROWS)):
+                    scanned.add([row[0] for row in rows])
+            finally:
+                conn.close()
+        except Exception:
+            logger.exception("scanning %s for its users failed: every id is read", self.path)
+            return
+        if not self._closed:
+            self._queue.put(_UsersScanned(scanned))
 
     def _take(self, loop: asyncio.AbstractEventLoop, writer: SqliteWriter) -> list[_Item]:
         """The next items; while idle, folds the journal chunk by chunk."""

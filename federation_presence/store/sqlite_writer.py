@@ -50,6 +50,7 @@ from federation_presence.store.schema import (
     plan,
 )
 from federation_presence.store.txn_filter import TxnFilter
+from federation_presence.store.user_filter import StoredUsers
 
 logger = logging.getLogger(__name__)
 Synchronous = Literal["full", "normal"]
@@ -93,6 +94,7 @@ _SELECT_PAYLOAD = "SELECT payload FROM presence_journal WHERE seq = ?"
 _DELETE_JOURNAL_UP_TO = "DELETE FROM presence_journal WHERE seq <= ?"
 _MAX_STREAM_ID = "SELECT COALESCE(MAX(stream_id), 0) FROM user_presence"
 _DATA_VERSION = "PRAGMA data_version"
+SELECT_USER_IDS = "SELECT user_id FROM user_presence"
 RELEASE_AFTER_ROWS = 100_000
 """Rows folded after which an idle writer with an empty journal releases memory."""
 _PAGE_BYTES = 4096
@@ -188,6 +190,8 @@ class SqliteWriter:
         self.limits = limits
         self.stats = stats
         self.index = JournalIndex()
+        self.stored_users: StoredUsers | None = None
+        """The users this store holds (``user_filter``), kept from the writer thread only."""
         self._stream_id = 0
         self._data_version = 0
         self._wal_bytes = 0  # an upper estimate of what was written since the last checkpoint
@@ -348,6 +352,9 @@ class SqliteWriter:
         """Inside a write transaction: rebuild from the file if another connection wrote."""
         version = self._current_data_version()
         if version != self._data_version:
+            if self.stored_users is not None:
+                # another connection wrote rows this journal never saw
+                self.stored_users.off = True
             self._reload()
             self._data_version = version
 
@@ -401,7 +408,11 @@ class SqliteWriter:
                 settled.append((w.fut, None, store_error("write transaction failed", exc)))
             return
         if seq is not None:
-            self.index.record(seq, rows.users, rows.devices)
+            new_users = self.index.record(seq, rows.users, rows.devices)
+            if new_users and self.stored_users is not None:
+                # before the callers are answered: a get_users after this
+                # group's apply returned finds these users maybe stored
+                self.stored_users.add(new_users)
         if rows.last_stream_id > self._stream_id:
             self._stream_id = rows.last_stream_id
         stats = self.stats
@@ -455,6 +466,11 @@ class SqliteWriter:
         ):
             txn_filter.add(origin, txn_id, received_ts)
         return txn_filter
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A second, read-only connection to the store's file (WAL: it never blocks the writer)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
 
 
 def _statements(script: str) -> list[str]:

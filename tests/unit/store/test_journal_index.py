@@ -26,3 +26,11 @@ def test_folding_a_burst_of_distinct_users_rebuilds_the_index_at_its_new_size() 
     assert index.oldest_seq() == 2
     assert index.newest_entry_of(["@u3:x", "@u20000:x"]) == 2
     assert index.newest_entry_of(["@nobody:x"]) is None
+
+
+def test_record_names_the_users_new_to_the_journal() -> None:
+    index = JournalIndex()
+    row = ("offline", 0, None, False, 0, 0, 0)
+    assert index.record(1, [("@a:x", *row), ("@b:x", *row)], []) == ["@a:x", "@b:x"]
+    assert index.record(2, [("@b:x", *row), ("@c:x", *row)], []) == ["@c:x"]
+    assert index.record(3, [("@a:x", *row)], []) == []
