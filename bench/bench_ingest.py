@@ -8,6 +8,18 @@ Targets (``--target``, repeatable, measured in the same run):
 
 * ``worker``: ``federation-presence run`` as its own process, SQLite store,
   ``synchronous=full`` (fsync per group commit).
+* ``floor``: the bare handler of issue 18 (``floor_target.py``), its own
+  process: plain HTTP on uvloop with httptools, the X-Matrix header parsed,
+  the body ``orjson``-loaded, ONE ed25519 verify, then every push upserted
+  into a table with the worker's ``user_presence`` schema by a writer thread
+  that makes one group commit (WAL, ``synchronous=FULL``, the worker's
+  ``cache_size``) per batch of waiting requests, each answered 200 after its
+  commit. No txn dedup, no presence logic, no validation beyond not failing:
+  the issue states the worker's target as a fraction of this floor, so it
+  runs in the same invocation, pinned to the same core and measured with the
+  same CPU accounting as the worker, for every cell. Closed loop only (the
+  floor is a peak; it is not paced); the tables end with a floor table and
+  the worker's share of it.
 * ``synapse``: a real Synapse (see ``synapse_target.py``), SQLite, presence on.
 
 Each target is pinned to one core (``taskset -c 0``). This process, pinned to
@@ -27,10 +39,11 @@ client's ceiling: the same requests against a no-op server), then for every
 ``--paced PERCENT`` ``--paced-runs`` open-loop runs at that share of the
 closed runs' median rate, still one transaction in flight per origin (a run
 that cannot hold its rate that way says how many in flight it would need).
-Synapse cells are paced only with ``--paced-synapse`` (Synapse is slow).
+Synapse cells are paced only with ``--paced-synapse`` (Synapse is slow); floor
+cells never are.
 
 Usage (issue 18's full grid; ``--estimate`` prints its wall time and exits):
-    python bench/bench_ingest.py --target worker --target synapse \
+    python bench/bench_ingest.py --target worker --target floor --target synapse \
         --shape 1x1 --shape 1x50 --shape 100x1 --users warm --users cold \
         --origins 16 --origins 64 --seconds 10 --runs 3 \
         --paced 25 --paced 50 --paced 90 --json-out ingest.json
@@ -40,15 +53,17 @@ latency (from when each transaction was due), the status counts, the
 server's and the client's CPU share over the timed part, the client's
 ceiling; a median line per cell; at the end, markdown tables ready for
 ``BENCHMARKS.md`` (``federation_presence.loadtest.summary``): closed loop,
-worker and Synapse side by side with their ratio, and paced; medians, with
-every run's figures listed below each table. ``--json-out`` writes every
-run's raw figures and whole wall time (rewritten after each run).
+worker and Synapse side by side with their ratio, the floor with the
+worker's share of it, and paced; medians, with every run's figures listed
+below each table. ``--json-out`` writes every run's raw figures and whole
+wall time (rewritten after each run).
 
 Bounded: each run stops after its seconds or its count of pre-signed
 transactions (by default enough for its seconds: ``loadtest.grid``); the
 whole invocation's wall time is estimated before it starts (the grid above:
-~22 min with its defaults of one 8 s run per paced point and Synapse not
-paced; ~61 min with ``--paced-runs 3 --paced-seconds 10 --paced-synapse``).
+~31 min with its defaults of one 8 s run per paced point and Synapse not
+paced; ~70 min with ``--paced-runs 3 --paced-seconds 10 --paced-synapse``;
+the floor's share of either is ~9 min).
 Without ``--synapse-python`` the interop suite's cached Synapse venv is used
 (built on first use, ~2 min).
 """
@@ -77,6 +92,7 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from floor_target import start_floor
 from synapse_target import (
     start_synapse,
     wait_synapse,
@@ -101,6 +117,7 @@ from federation_presence.loadtest.summary import (
     PACED,
     RunRecord,
     closed_table,
+    floor_table,
     paced_table,
     shortfall_note,
 )
@@ -157,17 +174,25 @@ def start_worker(config: Path, core: str, profile: str | None) -> subprocess.Pop
     return subprocess.Popen(command)
 
 
-def wait_healthy(port: int, timeout_s: float = 30.0) -> None:
-    """Poll the worker's /health (its startup is its own process's business)."""
+def wait_healthy(
+    port: int,
+    process: subprocess.Popen[bytes],
+    name: str = "worker",
+    path: str = "/health",
+    timeout_s: float = 30.0,
+) -> None:
+    """Poll the target's ``path`` until 200 (its startup is its own process's business)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited with {process.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise SystemExit("worker did not become healthy")
+    raise SystemExit(f"{name} did not become healthy")
 
 
 class CpuWindow:
@@ -316,7 +341,7 @@ async def one_cell(
         f"p99 {statistics.median(r.p99_ms for r in closed):.1f} ms",
         flush=True,
     )
-    if target_name == "synapse" and not args.paced_synapse:
+    if target_name not in plan_of(args).paced_targets:
         return
     for share in args.paced or []:
         asked = paced_rate(peak, share)
@@ -403,7 +428,7 @@ def synapse_python(given: str | None) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--target", action="append", choices=["worker", "synapse"])
+    parser.add_argument("--target", action="append", choices=["worker", "floor", "synapse"])
     parser.add_argument("--shape", action="append", help="EDUSxPUSHES, e.g. 1x50")
     parser.add_argument("--users", action="append", choices=USER_KINDS)
     parser.add_argument("--origins", type=int, action="append", help="repeatable (default 16)")
@@ -468,6 +493,9 @@ def print_tables(records: list[RunRecord], rate: float | None) -> None:
     else:
         print(f"\n## Open loop at {rate:,.0f} txn/s (medians; one in flight per origin)\n")
     print(closed_table(records))
+    if any(r.target == "floor" and r.mode == CLOSED for r in records):
+        print("\n## Floor (issue 18's bare handler; closed loop, medians)\n")
+        print(floor_table(records))
     if any(r.mode == PACED for r in records):
         print("\n## Paced (open loop at shares of each cell's closed-loop median)\n")
         print(paced_table(records))
@@ -490,11 +518,20 @@ def run_target(
         config = write_worker_config(workdir, port, ca_file, args.synchronous)
         process = start_worker(config, args.server_core, args.py_spy)
         try:
-            wait_healthy(port)
+            wait_healthy(port, process)
             _measure(process, target_name, target, shapes, args, tls, recorder)
         finally:
             # py-spy writes its profile when interrupted; the worker gets SIGINT.
             stop(process, signal.SIGINT if args.py_spy else signal.SIGTERM)
+        return
+    if target_name == "floor":
+        database = workdir / "floor.db"
+        process = start_floor(port, database, ca_file, args.server_core)
+        try:
+            wait_healthy(port, process, "floor", "/_matrix/federation/v1/version")
+            _measure(process, target_name, target, shapes, args, tls, recorder)
+        finally:
+            stop(process)
         return
     config = write_synapse_config(python, workdir / "synapse", port)
     process = start_synapse(python, config, args.server_core, workdir / "synapse.log")

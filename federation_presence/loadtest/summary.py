@@ -6,9 +6,10 @@ number of origins. A cell is run closed loop (one transaction in flight per
 origin: its peak), then, at ``--paced`` percentages of that peak's median,
 open loop. Every run becomes one ``RunRecord``; this module turns the records
 into what ``BENCHMARKS.md`` shows: a closed-loop table (worker and Synapse
-side by side, with their ratio and the load client's own CPU and ceiling)
-and a paced-latency table, each a median over runs with every run's figures
-listed below it.
+side by side, with their ratio and the load client's own CPU and ceiling),
+a floor table (the bare handler of issue 18, ``bench/floor_target.py``, and
+the worker's share of it) and a paced-latency table, each a median over runs
+with every run's figures listed below it.
 
 A paced run *held* its rate when it achieved nearly all of it and most of
 its transactions left when due (``RunResult.send_lag_ms``); when it did not,
@@ -35,7 +36,7 @@ HELD_SEND_LAG_P50_MS = 1.0
 class RunRecord:
     """One timed run: what it was and what it measured."""
 
-    target: str  # "worker" or "synapse"
+    target: str  # "worker", "floor" or "synapse"
     shape: str  # "EDUSxPUSHES", e.g. "1x50"
     users: str  # "warm" or "cold"
     origins: int
@@ -243,6 +244,37 @@ def closed_table(records: Sequence[RunRecord]) -> str:
         else:
             row.append("—")
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join([*lines, "", "Runs:", "", *per_run])
+
+
+def floor_table(records: Sequence[RunRecord]) -> str:
+    """Closed loop, medians per cell: the floor, and the worker's share of it."""
+    groups = _group(r for r in records if r.mode == CLOSED)
+    lines = [
+        "| shape | users | origins | floor txn/s | floor pushes/s | floor p50 / p99 ms "
+        "| floor CPU % | floor CPU µs/txn | worker txn/s | worker ÷ floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    per_run: list[str] = []
+    for (target, _, shape, users, origins, _), runs in groups.items():
+        if target != "floor":
+            continue
+        floor = _median(runs, lambda r: r.txn_per_s)
+        row = [
+            shape_label(shape), users, str(origins), rate(floor),
+            rate(_median(runs, lambda r: r.pushes_per_s)), _latencies(runs),
+            percent(_median(runs, lambda r: r.server_cpu_share)),
+            f"{_median(runs, lambda r: r.cpu_us_per_txn):,.0f}",
+        ]  # fmt: skip
+        worker_runs = groups.get(("worker", CLOSED, shape, users, origins, None), [])
+        if worker_runs:
+            worker = _median(worker_runs, lambda r: r.txn_per_s)
+            row.append(rate(worker))
+            row.append(f"**{percent(worker / floor)} %**" if floor else "—")
+        else:
+            row += ["—", "—"]
+        lines.append("| " + " | ".join(row) + " |")
+        per_run.append(_runs_line(_cell_label(runs[0]), runs))
     return "\n".join([*lines, "", "Runs:", "", *per_run])
 
 

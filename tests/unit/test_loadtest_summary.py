@@ -24,6 +24,7 @@ from federation_presence.loadtest.summary import (
     PACED,
     RunRecord,
     closed_table,
+    floor_table,
     held,
     in_flight_needed,
     paced_table,
@@ -84,6 +85,9 @@ def test_the_first_closed_run_signs_for_the_targets_own_cap() -> None:
     # Synapse is an order of magnitude slower: it is not given the worker's count to sign.
     assert first_count("synapse", "100x1", 10, 16) < first_count("worker", "100x1", 10, 16) / 5
     assert first_count("synapse", "1x1", 0.001, 64) == 128  # at least two per origin
+    # The floor does a subset of the worker's work: it is given more to sign.
+    for shape in ("1x1", "1x50", "100x1"):
+        assert first_count("floor", shape, 10, 16) > first_count("worker", shape, 10, 16)
 
 
 def test_later_closed_runs_sign_for_the_best_rate_seen_within_the_cap() -> None:
@@ -187,6 +191,25 @@ def test_one_row_per_cell_in_the_order_run() -> None:
         [" warm ", " 64 "],
         [" cold ", " 16 "],
     ]
+
+
+def test_the_floor_table_states_the_worker_s_share_of_the_floor() -> None:
+    records = [
+        _run("floor", 4_000, run=1),
+        _run("floor", 5_000, run=2),
+        _run("floor", 3_000, run=3),
+        _run("worker", 1_800),
+        _run("floor", 900, users="cold", shape="1x50"),
+    ]
+    table = floor_table(records)
+    warm = _row(table, "| 1×1 | warm | 16 |")
+    assert warm[3] == "4,000"  # the floor's median txn/s
+    assert warm[8:] == ["1,800", "**45 %**"]
+    cold = _row(table, "| 1×50 | cold | 16 |")
+    assert cold[4] == "45,000"  # pushes/s
+    assert cold[8:] == ["—", "—"]  # no worker run in that cell
+    assert "- floor 1×1 warm 16 origins: txn/s 4,000 / 5,000 / 3,000" in table
+    assert "worker 1×1" not in table
 
 
 def test_the_paced_table_has_a_row_per_point_and_flags_a_point_not_held() -> None:
