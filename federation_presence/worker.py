@@ -40,7 +40,7 @@ from federation_presence.api.request_log import ThrottledLog, ThrottlingFilter
 from federation_presence.api.tee import HomeserverForwarder, add_tee_route
 from federation_presence.clock import Clock, SystemClock
 from federation_presence.config import Config, ListenerConfig
-from federation_presence.errors import ConfigError
+from federation_presence.errors import ConfigError, StoreError
 from federation_presence.federation.client import FederationClient
 from federation_presence.federation.inbound import InboundLimits, InboundTransactions
 from federation_presence.federation.ip_policy import IpPolicy
@@ -366,17 +366,26 @@ async def _running_store(store: Store) -> AsyncIterator[None]:
     write); then this group is cancelled and the store writes what is queued
     and closes (``Store.run``). An error of the body leaves as itself, not
     wrapped in an ``ExceptionGroup``, so ``run`` can still report a port in
-    use or a TLS mistake in one line.
+    use or a TLS mistake in one line; so does a ``StoreError`` the store
+    stops on by itself (``SqliteStore.run``: its thread died), which stops
+    the worker (exit 1, one line) rather than leave it answering 503.
     """
     failure: Exception | None = None
-    async with anyio.create_task_group() as tg:
-        await tg.start(store.run)
-        try:
-            yield
-        except Exception as exc:
-            failure = exc
-        finally:
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            try:
+                yield
+            except Exception as exc:
+                failure = exc
+            finally:
+                tg.cancel_scope.cancel()
+    except ExceptionGroup as group:
+        # the store stopped on its own (its thread died): the worker stops with it
+        stopped, rest = group.split(StoreError)
+        if rest is None and stopped is not None:
+            raise stopped.exceptions[0] from None
+        raise
     if failure is not None:
         raise failure
 

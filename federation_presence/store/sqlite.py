@@ -261,6 +261,8 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._failure: StoreError | None = None  # the store thread died of a bug
+        self._in_hand: list[_Item] = []  # what the store thread is serving (its own)
         self._stopped = asyncio.Event()
         self.users_scanned = asyncio.Event()
         """Set once the user filter holds every user stored at open (``get_users``)."""
@@ -291,7 +293,11 @@ class SqliteStore:
             raise
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Open, serve until ``close`` or cancellation, then close (``Store.run``)."""
+        """Open, serve until ``close`` or cancellation, then close (``Store.run``).
+
+        Raises ``StoreError`` if the store thread died of a bug: every caller
+        waiting on it was answered with that error, and later calls get it too.
+        """
         await self.open()
         try:
             task_status.started()
@@ -299,6 +305,8 @@ class SqliteStore:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.close()
+        if self._failure is not None:
+            raise self._failure  # the owner stops: a worker without its store is no worker
 
     async def close(self) -> None:
         if self._closed:
@@ -429,6 +437,8 @@ class SqliteStore:
     # -- event loop side plumbing ---------------------------------------------
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._failure is not None:
+            raise self._failure
         if self._closed or self._loop is None:
             raise StoreError("the store is closed" if self._closed else "the store is not open")
         return self._loop
@@ -518,10 +528,21 @@ class SqliteStore:
                 target=self._scan_users, args=(bits_log2,), name="sqlite user scan", daemon=True
             ).start()
         self._post(loop, [(opened, txn_filter, None)], reports)
+        try:
+            self._serve_items(loop, writer)
+        except BaseException as exc:
+            # A bug, not a database error (those are answered to their callers).
+            logger.critical("the store thread of %s failed: it stops", self.path, exc_info=True)
+            self._fail_everything(loop, exc)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def _serve_items(self, loop: asyncio.AbstractEventLoop, writer: SqliteWriter) -> None:
+        """Serve the queue until a ``_Stop``."""
         while True:
-            items = self._take(loop, writer)
+            self._in_hand = items = self._take(loop, writer)
             settled: Settled = []
-            reports = []
+            reports: list[FoldReport] = []
             writes: list[Write] = []
             reads: list[Read] = []
             separate: list[SeparateWrite] = []
@@ -567,6 +588,34 @@ class SqliteStore:
                 self._fold_one_chunk(loop, writer, FoldTrigger.SIZE)
             if writer.checkpoint_due():
                 self._checkpoint(writer)
+
+    def _fail_everything(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+        """The thread is ending on ``exc``: answer every caller in hand or queued, stop."""
+        error = store_error("the store thread failed", exc)
+        items = list(self._in_hand)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self._queue.get_nowait())
+        futures: list[asyncio.Future[Any]] = []
+        for item in items:
+            if isinstance(item, list):
+                futures.extend(w.fut for w in item)
+            elif not isinstance(item, _UsersScanned):
+                futures.append(item.fut)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(self._thread_failed, error, futures)
+
+    def _thread_failed(self, error: StoreError, futures: list[asyncio.Future[Any]]) -> None:
+        """On the loop: the store thread is gone (``_fail_everything``)."""
+        self._failure = error
+        self._closed = True
+        futures.extend(w.fut for w in self._pending)
+        futures.extend(w.fut for w in self._separate)
+        self._pending, self._separate = [], []
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(error)
+        self._stopped.set()  # last: the callers hear of it before ``run`` raises
 
     def _scan_users(self, bits_log2: int) -> None:
         """Every user the table holds, into a filter handed to the writer thread.
