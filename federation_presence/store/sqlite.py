@@ -171,8 +171,9 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 MAX_DRAIN_ITEMS = 256
-SCAN_BATCH_ROWS = 10_000
 """Queue items taken per round; bounds one transaction's size and a read's wait."""
+SCAN_BATCH_ROWS = 10_000
+"""User ids the scan after ``open`` reads at a time (``_scan_users``)."""
 
 DEFAULT_IDLE_FOLD_DELAY_S = 0.1
 
@@ -583,6 +584,7 @@ class SqliteStore:
             # Drop this round's outcomes now, not when the next item comes: an
             # idle writer would otherwise keep the last group's users alive.
             del items, writes, reads, user_reads, separate, settled
+            self._in_hand = []
             # the callers have their answers: now the upkeep, one bounded step each
             if writer.over_limit():
                 self._fold_one_chunk(loop, writer, FoldTrigger.SIZE)
