@@ -15,8 +15,8 @@ accounting as the worker:
   ed25519 verify over ``xmatrix.signed_request_bytes`` (the canonical JSON
   of method, uri, origin, destination and content) with the origin's key,
   then every push of every ``m.presence`` EDU turned into a row of the
-  worker's ``user_presence`` table (schema copied from
-  ``store/migrations/0001_init.sqlite.sql``, its stream-id index included),
+  worker's ``user_presence`` table (created by the worker's own first
+  SQLite migration, ``0001_init.sqlite.sql``, stream-id index included),
   each row with the next stream id; answered ``200 {"pdus":{}}`` only after
   the commit that holds its rows;
 * one writer thread, one SQLite connection: every request waiting when the
@@ -79,6 +79,7 @@ from federation_presence.federation.signing_keys import (
     generate_signing_key,
 )
 from federation_presence.federation.xmatrix import parse_authorization, signed_request_bytes
+from federation_presence.store.schema import load_migrations
 
 SERVER_NAME = "floor.test"
 KEY_VALIDITY_MS = 24 * 3_600_000
@@ -87,20 +88,6 @@ SEND_PREFIX = b"/_matrix/federation/v1/send/"
 KEY_PATH = b"/_matrix/key/v2/server"
 VERSION_PATH = b"/_matrix/federation/v1/version"
 
-# As store/migrations/0001_init.sqlite.sql creates them (the worker's table).
-USER_PRESENCE_DDL = (
-    """CREATE TABLE IF NOT EXISTS user_presence (
-    user_id TEXT NOT NULL PRIMARY KEY,
-    state TEXT NOT NULL,
-    last_active_ts INTEGER NOT NULL,
-    status_msg TEXT,
-    currently_active INTEGER NOT NULL,
-    last_federation_update_ts INTEGER NOT NULL,
-    last_user_sync_ts INTEGER NOT NULL,
-    stream_id INTEGER NOT NULL
-) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS user_presence_stream_id ON user_presence (stream_id)",
-)
 # The worker's page cache (store/sqlite_writer.py, _TUNING_PRAGMAS).
 CACHE_SIZE_PRAGMA = "PRAGMA cache_size=-65536"
 UPSERT = (
@@ -153,8 +140,9 @@ def open_database(path: Path) -> sqlite3.Connection:
         raise sqlite3.OperationalError("SQLite refused WAL mode")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(CACHE_SIZE_PRAGMA)
-    for statement in USER_PRESENCE_DDL:
-        conn.execute(statement)
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'user_presence'").fetchone() is None:
+        # the worker's own first migration: its user_presence table and stream-id index
+        conn.executescript(load_migrations("sqlite")[0].sql)
     return conn
 
 
