@@ -78,7 +78,11 @@ from federation_presence.federation.signing_keys import (
     build_server_keys_response,
     generate_signing_key,
 )
-from federation_presence.federation.xmatrix import parse_authorization, signed_request_bytes
+from federation_presence.federation.xmatrix import (
+    XMatrixAuth,
+    parse_authorization,
+    signed_request_bytes,
+)
 from federation_presence.store.schema import load_migrations
 
 SERVER_NAME = "floor.test"
@@ -345,52 +349,39 @@ class Floor:
             return
         keys = self._keys.cached(credentials.origin)
         if keys is not None:
-            self._verified(keys, credentials.key_id, credentials.signature, signed, content, answer)
+            self._verified(keys, credentials, signed, content, answer)
             return
         task = asyncio.get_running_loop().create_task(
-            self._after_fetch(
-                credentials.origin,
-                credentials.key_id,
-                credentials.signature,
-                signed,
-                content,
-                answer,
-            )
+            self._after_fetch(credentials, signed, content, answer)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _after_fetch(
-        self,
-        origin: str,
-        key_id: str,
-        signature: str,
-        signed: bytes,
-        content: dict[str, Any],
-        answer: Answer,
+        self, credentials: XMatrixAuth, signed: bytes, content: dict[str, Any], answer: Answer
     ) -> None:
+        origin = credentials.origin
         try:
             keys = await self._keys.get(origin)
         except Exception as exc:  # unreachable, not TLS, not a key response: all alike here
             message = f"no key for {origin}: {type(exc).__name__}: {exc}"
             answer.send(error_response(401, "M_UNAUTHORIZED", message))
             return
-        self._verified(keys, key_id, signature, signed, content, answer)
+        self._verified(keys, credentials, signed, content, answer)
 
     def _verified(
         self,
         keys: Mapping[str, VerifyKey],
-        key_id: str,
-        signature: str,
+        credentials: XMatrixAuth,
         signed: bytes,
         content: dict[str, Any],
         answer: Answer,
     ) -> None:
-        verify_key = keys.get(key_id)
+        verify_key = keys.get(credentials.key_id)
         try:
             if verify_key is None:
-                raise ValueError(f"unknown key {key_id}")
-            verify_key.verify(signed, decode_base64(signature))
+                raise ValueError(f"unknown key {credentials.key_id}")
+            verify_key.verify(signed, decode_base64(credentials.signature))
         except (CryptoError, ValueError) as exc:
             answer.send(error_response(401, "M_UNAUTHORIZED", f"signature: {exc}"))
             return
