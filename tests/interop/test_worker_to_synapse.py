@@ -113,11 +113,47 @@ async def federation(
     async with (
         running_synapse(install, spec) as synapse,
         serving_worker(config, certificates) as (worker, http),
+        explained_failures(synapse, worker),
     ):
         bob_token = await synapse.register("bob")
         bob = synapse.user("bob")
         await put_room(http, "!shared:interop", [alice, bob])
         yield Federation(config, certificates, synapse, worker, http, alice, bob, bob_token)
+
+
+def outbound_outcomes(worker: RunningWorker) -> str:
+    """The worker sender's transaction counts by outcome, one line."""
+    counts = {
+        outcome: sample(worker, "federation_presence_outbound_transactions_total", outcome=outcome)
+        for outcome in ("sent", "failed", "rejected")
+    }
+    return ", ".join(f"{outcome} {count:.0f}" for outcome, count in counts.items())
+
+
+def synapse_traffic(synapse: SynapseServer, lines: int = 30) -> str:
+    """The last lines of Synapse's log, without its start-up banner and handler registrations."""
+    noise = ("Registering federation", "synapse.config.logger")
+    kept = [
+        line
+        for line in synapse.log_tail(lines=400).splitlines()
+        if not any(n in line for n in noise)
+    ]
+    return "\n".join(kept[-lines:])
+
+
+@contextlib.asynccontextmanager
+async def explained_failures(synapse: SynapseServer, worker: RunningWorker) -> AsyncIterator[None]:
+    """A failed wait in the block carries what each side did: the worker's
+    outbound transaction counts and the tail of Synapse's log (its
+    federation traffic), so an intermittent failure can be read from one
+    CI run's output."""
+    try:
+        yield
+    except AssertionError as e:
+        raise AssertionError(
+            f"{e}\n--- worker outbound transactions: {outbound_outcomes(worker)}"
+            f"\n--- Synapse log, its traffic and complaints:\n{synapse_traffic(synapse)}"
+        ) from e
 
 
 async def test_our_users_presence_shows_in_synapses_sync(
@@ -273,10 +309,14 @@ async def test_a_restart_of_the_worker_converges_both_ways(
     worker resumes its sender from the stored stream position.
     """
     async with federation(synapse_install, certificates, tmp_path) as f:
+        # Bob's /sync is positioned first, so the change below must reach it
+        # as an incremental update (as in the test above), not only through
+        # whatever the initial sync snapshots.
+        bob_sync = f.bob_sync()
+        await bob_sync.poll(timeout_ms=0)
         await f.alice_sets("busy", "before the restart")
         # Bob has been active once (see test_synapse_to_worker's xfail for why).
         await f.synapse.set_presence(f.bob_token, f.bob, "online", "before the restart")
-        bob_sync = f.bob_sync()
         await bob_sync.wait_for(
             "alice busy",
             lambda e: any(presence_is(f.alice, p, "before the restart")(e) for p in BUSY_NAMES),
@@ -287,15 +327,19 @@ async def test_a_restart_of_the_worker_converges_both_ways(
         # (a new status message: Synapse combines Bob's devices' states, so a
         # state change of one device need not change his presence)
         await synapse.set_presence(f.bob_token, f.bob, "online", "changed while you were out")
-        async with serving_worker(f.config, certificates) as (worker, http):
+        async with (
+            serving_worker(f.config, certificates) as (worker, http),
+            explained_failures(synapse, worker),
+        ):
             alice_sync = SyncFollower(http, ALICE_TOKEN)
             await alice_sync.wait_for(
                 "bob's change made while the worker was down",
                 presence_is(f.bob, "online", "changed while you were out"),
                 timeout_s=SYNAPSE_RETRY_WAIT_S,
             )
-            await set_local_presence(http, ALICE_TOKEN, f.alice, "online", "after the restart")
             bob_sync = SyncFollower(synapse.http, f.bob_token)
+            await bob_sync.poll(timeout_ms=0)
+            await set_local_presence(http, ALICE_TOKEN, f.alice, "online", "after the restart")
             await bob_sync.wait_for(
                 "alice after the restart", presence_is(f.alice, "online", "after the restart")
             )
