@@ -357,6 +357,41 @@ def test_keys_sort_by_code_point_across_planes_and_escapes_match_the_reference()
     assert canonical_json_bytes(value) == encode_canonical_json(value)
 
 
+def _holds_a_float(value: object) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_a_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_a_float(v) for v in value)
+    return False
+
+
+# Strings that look like numbers, ':' and ',' included, so that the float
+# screen's false alarms (which must only cost the walk) are exercised.
+NUMBERISH_TEXT = st.text(alphabet="0123456789.eE-:,[ null", max_size=12)
+VALUES_WITH_FLOATS = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
+    | st.text(max_size=5)
+    | NUMBERISH_TEXT
+    | st.floats(),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=3) | NUMBERISH_TEXT, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(VALUES_WITH_FLOATS)
+def test_a_value_is_refused_exactly_when_it_holds_a_float(value: object) -> None:
+    if _holds_a_float(value):
+        with pytest.raises(ValueError, match="float"):
+            canonical_json_bytes(value)
+    else:
+        assert canonical_json_bytes(value) == encode_canonical_json(value)
+
+
 def test_a_self_referencing_object_is_refused_not_looped_over() -> None:
     loop: list[object] = []
     loop.append(loop)
