@@ -86,8 +86,16 @@ def outbound_config(workdir: Path, certificates: TlsCertificates, port: int) -> 
         base,
         access_tokens=(AccessTokenConfig(ALICE_TOKEN, f"@alice:{base.server_name}", "PHONE"),),
         # Backoff scaled down (10 s, up to 4 h by default) so that "Synapse
-        # down for a while" takes seconds.
-        federation_sender=replace(SenderSettings(), backoff_initial_ms=500, backoff_max_ms=2_000),
+        # down for a while" takes seconds; and a transaction Synapse leaves
+        # unanswered is given up after 10 s (30 s by default, as long as
+        # these tests wait for a change to show), so one stalled attempt is
+        # retried within a test's wait instead of using all of it.
+        federation_sender=replace(
+            SenderSettings(),
+            backoff_initial_ms=500,
+            backoff_max_ms=2_000,
+            transaction_timeout_ms=10_000,
+        ),
     )
 
 
