@@ -40,7 +40,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from federation_presence.metrics import Metrics
 
-__all__ = ["TimedHttpProtocol", "timed_protocol"]
+__all__ = ["HeadWithBody", "TimedHttpProtocol", "timed_protocol"]
 
 
 class TimedHttpProtocol(HttpToolsProtocol):
@@ -66,7 +66,11 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm("body", self.body_timeout_s)
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before and cycle.transport is self.transport:
+            cycle.transport = HeadWithBody(self.transport)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -88,6 +92,54 @@ class TimedHttpProtocol(HttpToolsProtocol):
         if self.metrics is not None:
             self.metrics.http_timeouts.labels(phase).inc()
         self.transport.close()
+
+
+class HeadWithBody(asyncio.Transport):
+    """The transport one response is written through: its head goes out with its body.
+
+    uvicorn writes a response's status line and headers when the app sends
+    ``http.response.start`` and the body at ``http.response.body``: two
+    ``send`` syscalls and two TCP segments for every answer, where one would
+    do (the worker's answers are one body each; a 1-push ``/send`` spent ~14 %
+    of its CPU in those writes, BENCHMARKS.md, issue 18). This holds a
+    response head back until the next write or ``close``, and writes the two
+    as one. Anything else (``100 Continue``, which a client waits for before
+    it sends the body) goes out at once, after whatever was held.
+    Only what uvicorn's request cycle calls is provided.
+    """
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._transport = transport
+        self._held = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if not held and bytes(data[:9]) == b"HTTP/1.1 " and bytes(data[9:12]) != b"100":
+            self._held = bytes(data)
+            return
+        if held:
+            self._held = b""
+            data = held + bytes(data)
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            self._transport.write(held)
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def abort(self) -> None:
+        self._held = b""
+        self._transport.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
 
 
 def timed_protocol(

@@ -175,6 +175,30 @@ async def test_an_expect_100_continue_sender_gets_its_413_before_sending(
     assert orjson.loads(body)["errcode"] == "M_TOO_LARGE"
 
 
+async def test_100_continue_reaches_a_waiting_sender_and_its_answer_follows(
+    worker: RunningWorker, certificates: TlsCertificates
+) -> None:
+    # The response head is held back to leave with its body (HeadWithBody);
+    # a 100 Continue must not be, or this sender would wait for it forever.
+    body = b'{"origin": "nobody.example", "pdus": [], "edus": []}'
+    stream = await _connect(worker, certificates)
+    async with stream:
+        await stream.send(
+            f"PUT {SEND}/continue HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
+        with anyio.fail_after(10):
+            interim = await stream.receive()
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await stream.send(body)
+        with anyio.fail_after(10):
+            received = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+            received += await _read_until_closed(stream)
+    head, _, answer = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ")  # no X-Matrix header
+    assert orjson.loads(answer)["errcode"] == "M_UNAUTHORIZED"
+
+
 @pytest.mark.slow  # wall time: the listener's timers; bound 0.3 s, tolerance 10 s
 @pytest.mark.parametrize(
     ("sent", "phase"),
