@@ -115,10 +115,7 @@ async def test_an_announced_oversized_body_gets_a_readable_413(
     body = b"z" * (SMALL_LIMIT * 19 // 10)
     stream = await _connect(small_worker, certificates)
     async with stream:
-        await stream.send(
-            f"PUT {SEND}/over1 HTTP/1.1\r\nHost: localhost\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
-        )
+        await stream.send(_put_head("over1", len(body)))
         with anyio.fail_after(10):
             for start in range(0, len(body), 4096):
                 await stream.send(body[start : start + 4096])
@@ -142,6 +139,13 @@ async def test_a_streamed_oversized_body_gets_a_readable_413(
         _assert_413(response)
 
 
+def _put_head(txn_id: str, content_length: int, *headers: str) -> bytes:
+    """A raw ``PUT /send/{txn_id}`` request head (no X-Matrix header)."""
+    lines = [f"PUT {SEND}/{txn_id} HTTP/1.1", "Host: localhost", *headers]
+    lines.append(f"Content-Length: {content_length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 async def _connect(worker: RunningWorker, certificates: TlsCertificates) -> ByteStream:
     context = ssl.create_default_context(cafile=str(certificates.ca_path))
     return await anyio.connect_tcp(
@@ -163,10 +167,7 @@ async def test_an_expect_100_continue_sender_gets_its_413_before_sending(
 ) -> None:
     stream = await _connect(small_worker, certificates)
     async with stream:
-        await stream.send(
-            f"PUT {SEND}/over3 HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
-            f"Content-Length: {100 * SMALL_LIMIT}\r\n\r\n".encode()
-        )
+        await stream.send(_put_head("over3", 100 * SMALL_LIMIT, "Expect: 100-continue"))
         with anyio.fail_after(10):
             received = await _read_until_closed(stream)
     head, _, body = received.partition(b"\r\n\r\n")
@@ -184,8 +185,7 @@ async def test_100_continue_reaches_a_waiting_sender_and_its_answer_follows(
     stream = await _connect(worker, certificates)
     async with stream:
         await stream.send(
-            f"PUT {SEND}/continue HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            _put_head("continue", len(body), "Expect: 100-continue", "Connection: close")
         )
         with anyio.fail_after(10):
             interim = await stream.receive()
