@@ -99,13 +99,15 @@ class HeadWithBody(asyncio.Transport):
 
     uvicorn writes a response's status line and headers when the app sends
     ``http.response.start`` and the body at ``http.response.body``: two
-    ``send`` syscalls and two TCP segments for every answer, where one would
-    do (the worker's answers are one body each; a 1-push ``/send`` spent ~14 %
-    of its CPU in those writes, BENCHMARKS.md, issue 18). This holds a
+    ``send`` syscalls, TLS records and TCP segments for every answer, where
+    one would do (the worker's answers are one body each). This holds a
     response head back until the next write or ``close``, and writes the two
-    as one. Anything else (``100 Continue``, which a client waits for before
-    it sends the body) goes out at once, after whatever was held.
-    Only what uvicorn's request cycle calls is provided.
+    as one. (Measured, BENCHMARKS.md, issue 18: uvicorn's ``send`` held 13.8 %
+    of a 1-push ``/send``'s GIL samples before, 10.2 % with this; the
+    throughput did not move beyond noise.) Anything else (``100 Continue``,
+    which a client waits for before it sends the body) goes out at once,
+    after whatever was held. Only what uvicorn's request cycle calls is
+    provided.
     """
 
     __slots__ = ("_held", "_transport")

@@ -367,8 +367,8 @@ def _holds_a_float(value: object) -> bool:
     return False
 
 
-# Strings that look like numbers, ':' and ',' included, so that the float
-# screen's false alarms (which must only cost the walk) are exercised.
+# Strings that read like numbers (':' and ',' included): a refusal must come
+# from a float value, never from text that looks like one.
 NUMBERISH_TEXT = st.text(alphabet="0123456789.eE-:,[ null", max_size=12)
 VALUES_WITH_FLOATS = st.recursive(
     st.none()
