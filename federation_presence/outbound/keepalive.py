@@ -9,6 +9,14 @@ spike, so each user gets a phase of its own, drawn once from the injected
 over the interval whatever the moment users came online (a restart does not
 line them up).
 
+A real change sent to a destination resets its timeout there too, so a
+re-send right after one is waste (and the extra transaction a peer sees).
+``sent(user, now)`` says a change of ``user`` was just sent: its re-send
+due within ``quiet_ms`` is moved one interval on, to the same phase. The
+gap between two sends then stays at most ``interval + quiet``; the sender
+picks ``quiet`` so that this is below the remote's FEDERATION_TIMEOUT
+(``quiet_after_send_ms``). Phases, and so the flat load, are unchanged.
+
 A min-heap of (deadline, user) with lazy deletion; a user untracked and
 tracked again gets a fresh phase. The heap is compacted when stale entries
 outnumber live ones, so memory stays bounded by tracked users.
@@ -24,13 +32,24 @@ from federation_presence.ids import UserId
 _COMPACT_SLACK = 64
 
 
+def quiet_after_send_ms(interval_ms: int, remote_timeout_ms: int) -> int:
+    """How long after a sent change a re-send is skipped: half the slack
+    between the interval and the remote's timeout (2.5 min at 25 / 30 min),
+    so a send follows the last one within ``interval + quiet``, which stays
+    half that slack inside the timeout; 0 when there is no slack."""
+    return max(0, (remote_timeout_ms - interval_ms) // 2)
+
+
 class KeepAliveSchedule:
     """Per-user keep-alive deadlines on fixed random phases."""
 
-    def __init__(self, interval_ms: int, rng: random.Random) -> None:
+    def __init__(self, interval_ms: int, rng: random.Random, quiet_ms: int = 0) -> None:
         if interval_ms < 1:
             raise ValueError("interval_ms must be positive")
+        if not 0 <= quiet_ms < interval_ms:
+            raise ValueError("quiet_ms must be in [0, interval_ms)")
         self._interval_ms = interval_ms
+        self._quiet_ms = quiet_ms
         self._rng = rng
         self._deadlines: dict[UserId, int] = {}
         self._heap: list[tuple[int, UserId]] = []
@@ -60,6 +79,17 @@ class KeepAliveSchedule:
             deadline += interval
         self._deadlines[user_id] = deadline
         heapq.heappush(self._heap, (deadline, user_id))
+
+    def sent(self, user_id: UserId, now: int) -> None:
+        """A change of ``user_id`` (present) was just sent: track it, and skip
+        a re-send due within ``quiet_ms`` to the same phase one interval on."""
+        self.track(user_id, True, now)
+        deadline = self._deadlines[user_id]
+        if deadline - now <= self._quiet_ms:
+            deadline += self._interval_ms
+            self._deadlines[user_id] = deadline
+            heapq.heappush(self._heap, (deadline, user_id))
+            self._maybe_compact()
 
     def earliest(self) -> int | None:
         """The next deadline, or None when nobody is tracked."""

@@ -66,7 +66,9 @@ worth).
 Keep-alive (FEDERATION_PING): ``keepalive.KeepAliveSchedule`` re-sends
 each present local user to the destinations interested in it once per
 interval, each user on its own random phase (injected ``random.Random``), as
-forced entries that suppression does not drop.
+forced entries that suppression does not drop; a re-send due within a few
+minutes after a change of the user was sent is skipped to its next phase
+(``keepalive.quiet_after_send_ms``).
 
 Why the sender owns keep-alive and the stream does not carry pings (issue
 15, item 0, decided here): a ping changes nothing, so it has no stream id
@@ -117,7 +119,7 @@ from federation_presence.federation.client import DestinationError, RequestTimeo
 from federation_presence.federation.edu import TransactionBodies
 from federation_presence.ids import ServerName, UserId
 from federation_presence.outbound.backoff import retry_delay_ms
-from federation_presence.outbound.keepalive import KeepAliveSchedule
+from federation_presence.outbound.keepalive import KeepAliveSchedule, quiet_after_send_ms
 from federation_presence.outbound.metrics import SenderMetrics
 from federation_presence.outbound.queue import DestinationQueue
 from federation_presence.outbound.routing import DestinationSource
@@ -202,7 +204,13 @@ class OutboundSender:
         self._granularity_ms = presence.last_active_granularity_ms
         self._rng = rng
         self._metrics = metrics if metrics is not None else SenderMetrics()
-        self._keepalive = KeepAliveSchedule(presence.federation_ping_interval_ms, rng)
+        self._keepalive = KeepAliveSchedule(
+            presence.federation_ping_interval_ms,
+            rng,
+            quiet_after_send_ms(
+                presence.federation_ping_interval_ms, presence.federation_timeout_ms
+            ),
+        )
         self._keepalive_until: int | None = None
         self._keepalive_scope: anyio.CancelScope | None = None
         self._destinations: dict[ServerName, _Destination] = {}
@@ -556,11 +564,13 @@ class OutboundSender:
             position = following
 
     def _track_keepalive(self, entries: Iterable[StreamEntry]) -> None:
+        """Changes read from the stream, about to be sent: re-sends follow them."""
         now = self._clock.now_ms()
         for entry in entries:
-            self._keepalive.track(
-                entry.user_id, entry.state.state is not PresenceState.OFFLINE, now
-            )
+            if entry.state.state is PresenceState.OFFLINE:
+                self._keepalive.track(entry.user_id, False, now)
+            else:
+                self._keepalive.sent(entry.user_id, now)
         earliest = self._keepalive.earliest()
         if (
             self._keepalive_scope is not None

@@ -341,6 +341,14 @@ async def test_keepalives_are_staggered_over_the_interval(
     sender = sender_of(worker)
     await eventually(lambda: len(peer.attempts) >= 1 and sender.queue_depth(peer.server_name) == 0)
     await eventually(lambda: sum(len(a.pushes) for a in peer.transactions) == users)
+    # Re-sends due within the quiet window after these first sends wait for
+    # their next phase (keepalive.quiet_after_send_ms, 2.5 min here): none
+    # comes in it; counting from 3 min on, each user comes once in 25.
+    await clock.advance(2 * MINUTE_MS)
+    await eventually(lambda: not sender.busy(peer.server_name))
+    assert sum(len(a.pushes) for a in peer.transactions) == users
+    await clock.advance(MINUTE_MS)
+    await eventually(lambda: not sender.busy(peer.server_name))
     baseline = len(peer.attempts)
     per_minute: list[int] = []
     for _ in range(25):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections import Counter
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from federation_presence.ids import UserId
 from federation_presence.outbound.backoff import retry_delay_ms
-from federation_presence.outbound.keepalive import KeepAliveSchedule
+from federation_presence.outbound.keepalive import KeepAliveSchedule, quiet_after_send_ms
 from federation_presence.outbound.settings import HOUR_MS, SenderSettings
 from federation_presence.outbound.sharding import is_mine, owner
 
@@ -103,3 +104,66 @@ def test_an_offline_user_is_no_longer_kept_alive_and_memory_stays_bounded() -> N
     assert len(schedule._heap) <= 64 + 1
     schedule.track(alice, True, now)
     assert schedule.due(now + INTERVAL_MS) == [alice]
+
+
+QUIET_MS = quiet_after_send_ms(INTERVAL_MS, 30 * MINUTE_MS)
+
+
+def test_the_quiet_window_is_half_the_slack_before_the_remote_timeout() -> None:
+    assert QUIET_MS == 150_000  # 25 min interval, 30 min timeout
+    assert quiet_after_send_ms(INTERVAL_MS, INTERVAL_MS) == 0
+    with pytest.raises(ValueError, match="quiet_ms"):
+        KeepAliveSchedule(INTERVAL_MS, random.Random(1), quiet_ms=INTERVAL_MS)
+
+
+def test_a_re_send_due_right_after_a_sent_change_waits_for_its_next_phase() -> None:
+    now = 1_700_000_000_000 - 1_700_000_000_000 % INTERVAL_MS  # a phase boundary
+    alice = UserId("@alice:here")
+    rng = random.Random(3)
+    phase = random.Random(3).randrange(INTERVAL_MS)
+    schedule = KeepAliveSchedule(INTERVAL_MS, rng, QUIET_MS)
+    schedule.track(alice, True, now)
+    assert schedule.earliest() == now + phase
+    # A change sent just before the re-send is due: the re-send moves on.
+    sent_at = now + phase - QUIET_MS // 2
+    schedule.sent(alice, sent_at)
+    assert schedule.due(now + phase) == []
+    assert schedule.earliest() == now + phase + INTERVAL_MS
+    # A change sent long before the next re-send leaves it where it is.
+    schedule.sent(alice, now + phase + 1)
+    assert schedule.earliest() == now + phase + INTERVAL_MS
+
+
+@given(
+    seed=st.integers(0, 2**32),
+    gaps=st.lists(st.integers(1, 40 * MINUTE_MS), min_size=1, max_size=30),
+)
+def test_sends_of_a_present_user_are_never_far_apart_nor_a_re_send_right_after_a_change(
+    seed: int, gaps: list[int]
+) -> None:
+    """Changes sent at arbitrary times, re-sends as the schedule says: no
+    two sends are more than ``interval + quiet`` apart, and no re-send comes
+    within ``quiet`` after a sent change."""
+    alice = UserId("@alice:here")
+    schedule = KeepAliveSchedule(INTERVAL_MS, random.Random(seed), QUIET_MS)
+    now = 1_700_000_000_000
+    schedule.sent(alice, now)
+    sends: list[tuple[int, str]] = [(now, "change")]
+    changes = [now + sum(gaps[: i + 1]) for i in range(len(gaps))]
+    horizon = changes[-1] + 2 * INTERVAL_MS
+    while True:
+        earliest = schedule.earliest()
+        assert earliest is not None
+        if changes and changes[0] <= earliest:
+            at = changes.pop(0)
+            schedule.sent(alice, at)
+            sends.append((at, "change"))
+        elif earliest <= horizon:
+            assert schedule.due(earliest) == [alice]
+            sends.append((earliest, "re-send"))
+        else:
+            break
+    for (before, kind_before), (after, kind_after) in itertools.pairwise(sends):
+        assert after - before <= INTERVAL_MS + QUIET_MS
+        if kind_before == "change" and kind_after == "re-send":
+            assert after - before > QUIET_MS
