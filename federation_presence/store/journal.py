@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -165,10 +166,6 @@ _SHRINK_BELOW = 4
 _SHRINK_MIN = 1024
 
 
-def _is_none(value: object) -> bool:
-    return value is None
-
-
 class JournalIndex:
     """Which journal entry holds the latest row of each user and device (see module doc).
 
@@ -223,7 +220,8 @@ class JournalIndex:
             previous_seqs = list(map(self._user_seq.get, user_ids))
             superseded.update(previous_seqs)
             if None in superseded:
-                new_users = list(itertools.compress(user_ids, map(_is_none, previous_seqs)))
+                is_none = map(operator.is_, previous_seqs, itertools.repeat(None))
+                new_users = list(itertools.compress(user_ids, is_none))
             self._user_seq.update(zip(user_ids, itertools.repeat(seq)))
             self._user_stream.update([(row[0], row[7]) for row in users if row[7]])
         if devices:

@@ -54,10 +54,16 @@ class StoredUsers:
     def add(self, user_ids: Iterable[str]) -> None:
         bits = self._bits
         mask = self._mask
+        # unrolled: the writer adds every user new to the journal, and a
+        # loop over a tuple of the three probes cost a third more
         for user_id in user_ids:
             h = hash(user_id)
-            for i in (h & mask, (h >> 21) & mask, (h >> 42 ^ h >> 7) & mask):
-                bits[i >> 3] |= 1 << (i & 7)
+            a = h & mask
+            bits[a >> 3] |= 1 << (a & 7)
+            a = (h >> 21) & mask
+            bits[a >> 3] |= 1 << (a & 7)
+            a = (h >> 42 ^ h >> 7) & mask
+            bits[a >> 3] |= 1 << (a & 7)
 
     def maybe_stored(self, user_ids: Sequence[str]) -> list[str]:
         """The ids that may be stored; all of them before ``ready`` or once ``off``."""
