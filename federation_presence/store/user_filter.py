@@ -55,7 +55,7 @@ class StoredUsers:
         bits = self._bits
         mask = self._mask
         # unrolled: the writer adds every user new to the journal, and a
-        # loop over a tuple of the three probes cost a third more
+        # loop over a tuple of the three probes cost ~20 % more (BENCHMARKS.md, session 6)
         for user_id in user_ids:
             h = hash(user_id)
             a = h & mask
